@@ -1,0 +1,188 @@
+"""The one contract: a backend implements ``caption_batch``; this base class adds the rest.
+
+Input loading, option checks, chunked batching and per-item error isolation live here once, so
+every backend (and the CLI, server, evaluation and batch jobs that call them) behaves the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from polycap.errors import OptionError, PolycapError, UnsupportedLanguageError
+from polycap.types import Caption, GenerationOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports; options outside it are refused with an error naming the limits.
+
+    ``languages`` None means any language (e.g. a remote LLM told which language to write).
+    """
+
+    languages: tuple[str, ...] | None = ("en",)
+    beam_search: bool = True
+    sampling: bool = True
+    styles: bool = False
+    scores: bool = True
+    max_batch_size: int = 32
+
+
+class Captioner(ABC):
+    """Base class of every backend. Subclasses implement :meth:`caption_batch` only."""
+
+    def __init__(self, name: str, capabilities: Capabilities | None = None):
+        self.name = name
+        self.capabilities = capabilities or Capabilities()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    @abstractmethod
+    def caption_batch(self, images: Sequence[Image.Image], options: GenerationOptions) -> list[Caption]:
+        """Caption RGB images (already loaded and checked) with validated options.
+
+        Returns one Caption per image, in order. It may raise for the whole batch; the base
+        class then retries item by item so only the culprit fails.
+        """
+
+    # ---- options ---------------------------------------------------------------------------
+    def check_options(self, options: GenerationOptions) -> None:
+        """Raise a clear error if ``options`` ask for something this backend cannot do."""
+        caps = self.capabilities
+        if caps.languages is not None and options.lang not in caps.languages:
+            raise UnsupportedLanguageError(options.lang, caps.languages, self.name)
+        if options.num_beams > 1 and not caps.beam_search:
+            raise OptionError(f"model {self.name!r} does not support beam search (num_beams=1 only)")
+        if options.do_sample and not caps.sampling:
+            raise OptionError(f"model {self.name!r} does not support sampling (do_sample)")
+        if options.style and not caps.styles:
+            raise OptionError(
+                f"model {self.name!r} does not write styled captions; use a style pipeline "
+                "(a describer plus a rewriting language model) or a backend that supports styles"
+            )
+
+    def make_options(self, options: GenerationOptions | None = None, **kwargs: Any) -> GenerationOptions:
+        opts = (
+            GenerationOptions.from_kwargs(options, **kwargs)
+            if kwargs
+            else (options or GenerationOptions(lang=self.default_lang))
+        )
+        self.check_options(opts)
+        return opts
+
+    @property
+    def default_lang(self) -> str:
+        langs = self.capabilities.languages
+        return "en" if not langs or "en" in langs else langs[0]
+
+    # ---- entry points built on caption_batch -----------------------------------------------
+    def caption(self, image: Any, options: GenerationOptions | None = None, **kwargs: Any) -> Caption:
+        """Caption one image (any input :func:`polycap.images.load_image` accepts)."""
+        return self.caption_many([image], options, **kwargs)[0]
+
+    def caption_many(
+        self,
+        inputs: Iterable[Any],
+        options: GenerationOptions | None = None,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[Caption]:
+        """Caption many inputs; bad inputs become Captions with ``error`` set."""
+        return list(self.iter_captions(inputs, options, batch_size=batch_size, **kwargs))
+
+    def iter_captions(
+        self,
+        inputs: Iterable[Any],
+        options: GenerationOptions | None = None,
+        batch_size: int | None = None,
+        max_pixels: int | None = None,
+        langs: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[Caption]:
+        """Yield Captions in input order, loading and captioning in chunks.
+
+        With ``langs``, each image is loaded once and captioned once per language; the
+        captions come image-major (all languages of image 1, then image 2, ...).
+        Every option is checked before any image is touched.
+        """
+        from polycap.images import DEFAULT_MAX_PIXELS
+
+        base = self.make_options(options, **kwargs)
+        per_lang = [self.make_options(base, lang=lang) for lang in langs] if langs else [base]
+        cap = self.capabilities.max_batch_size
+        size = max(1, min(batch_size or cap, cap))
+        limit = max_pixels or DEFAULT_MAX_PIXELS
+        chunk: list[Any] = []
+        for item in inputs:
+            chunk.append(item)
+            if len(chunk) == size:
+                yield from self._caption_chunk(chunk, per_lang, limit)
+                chunk = []
+        if chunk:
+            yield from self._caption_chunk(chunk, per_lang, limit)
+
+    def _caption_chunk(self, inputs: list[Any], per_lang: list[GenerationOptions], max_pixels: int) -> list[Caption]:
+        from polycap.images import describe_source, load_image
+
+        sources = [describe_source(item) for item in inputs]
+        table: list[list[Caption | None]] = [[None] * len(per_lang) for _ in inputs]
+        good: list[tuple[int, Image.Image]] = []
+        for i, item in enumerate(inputs):
+            try:
+                good.append((i, load_image(item, max_pixels=max_pixels)))
+            except PolycapError as e:
+                for j, opts in enumerate(per_lang):
+                    table[i][j] = Caption.failed(str(e), opts.lang, self.name, sources[i])
+        for j, opts in enumerate(per_lang):
+            for i, cap in self._run_isolated(good, opts):
+                cap.source = cap.source or sources[i]
+                table[i][j] = cap
+        return [c for row in table for c in row if c is not None]
+
+    def _run_isolated(self, good: list[tuple[int, Image.Image]], opts: GenerationOptions) -> list[tuple[int, Caption]]:
+        """Caption the loaded images as one batch; if the batch fails, retry one by one."""
+        if not good:
+            return []
+        idx, imgs = zip(*good)
+        try:
+            return list(zip(idx, self._timed_batch(list(imgs), opts)))
+        except Exception as e:  # noqa: BLE001 - isolate the culprit below
+            if len(good) == 1:
+                log.warning("captioning failed: %s", e)
+                return [(idx[0], Caption.failed(f"{type(e).__name__}: {e}", opts.lang, self.name))]
+            log.info("batch of %d failed (%s); retrying item by item", len(good), e)
+            out: list[tuple[int, Caption]] = []
+            for pair in good:
+                out.extend(self._run_isolated([pair], opts))
+            return out
+
+    def _timed_batch(self, images: list[Image.Image], opts: GenerationOptions) -> list[Caption]:
+        start = time.perf_counter()
+        caps = self.caption_batch(images, opts)
+        if len(caps) != len(images):
+            raise PolycapError(f"backend {self.name!r} returned {len(caps)} captions for {len(images)} images")
+        share = (time.perf_counter() - start) / len(images)
+        for c in caps:
+            if c.seconds is None:
+                c.seconds = share
+        return caps
+
+    def info(self) -> dict[str, Any]:
+        caps = self.capabilities
+        return {
+            "name": self.name,
+            "backend": type(self).__name__,
+            "languages": list(caps.languages) if caps.languages else None,
+            "beam_search": caps.beam_search,
+            "sampling": caps.sampling,
+            "styles": caps.styles,
+        }

@@ -1,0 +1,80 @@
+"""polycap's own captioner: a frozen image encoder's feature grid, projected, attended to by a
+small GPT-2-style decoder with cross-attention. transformers' ``generate()`` does the decoding
+(greedy, beam search, sampling, KV cache), so no search code lives here.
+
+Shapes: B images, N grid positions, C encoder channels, D model width, T tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+from polycap.backends.native.config import NativeConfig
+
+
+class CaptionModel(nn.Module):
+    def __init__(self, cfg: NativeConfig, pad_id: int, eos_id: int):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        # The encoder grid (B, N, C) becomes the decoder's memory (B, N, D).
+        self.proj = nn.Sequential(nn.Linear(cfg.encoder_dim, d), nn.LayerNorm(d))
+        self.pos = nn.Parameter(torch.randn(1, cfg.grid_positions, d) * 0.02)
+        self.mem_drop = nn.Dropout(cfg.dropout)
+        gpt_cfg = GPT2Config(
+            vocab_size=cfg.vocab_size,
+            n_positions=cfg.max_length,
+            n_embd=d,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            add_cross_attention=True,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+        )
+        self.decoder = GPT2LMHeadModel(gpt_cfg)
+        self.decoder.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=eos_id)
+
+    def memory(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) encoder grid -> (B, N, D) cross-attention memory."""
+        return self.mem_drop(self.proj(features.to(self.pos.dtype)) + self.pos)
+
+    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``input_ids`` (B, T) given the images; padding masked by -100."""
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        out = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=self.memory(features),
+            labels=labels,
+        )
+        return out.loss
+
+    def token_logprobs(self, memory: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-sequence mean log-probability of tokens 1..T under the model (teacher forcing).
+
+        ``sequences`` (B, T) start with the language token; ``mask`` (B, T) marks real tokens.
+        """
+        logits = self.decoder(
+            input_ids=sequences, attention_mask=mask, encoder_hidden_states=memory
+        ).logits  # (B, T, V)
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        tok = logp.gather(-1, sequences[:, 1:, None]).squeeze(-1)  # (B, T-1)
+        m = mask[:, 1:].to(tok.dtype)
+        return (tok * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def generate(self, features: torch.Tensor, lang_ids: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+        """Decode captions; returns (B * num_return_sequences, T) ids starting with the lang token."""
+        memory = self.memory(features)
+        input_ids = lang_ids[:, None]  # (B, 1)
+        return self.decoder.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            encoder_hidden_states=memory,
+            **generate_kwargs,
+        )

@@ -1,0 +1,121 @@
+"""``polycap caption``: caption files, folders and globs in one or more languages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from polycap.cli.app import EXIT_SOME_FAILED, app, err, usage_error
+from polycap.cli.output import FORMATS, RecordWriter
+from polycap.errors import OptionError, PolycapError
+
+
+def split_langs(value: str | None) -> list[str] | None:
+    """``"en,de"`` -> ["en", "de"]; None stays None (the model's default language)."""
+    if value is None:
+        return None
+    langs = [x.strip() for x in value.split(",") if x.strip()]
+    if not langs:
+        raise OptionError(f"--lang got no language codes: {value!r}")
+    return list(dict.fromkeys(langs))
+
+
+def load_model(name: str | None, device: str, quiet: bool):
+    """Load a model by name, or the default one with a notice when it is only the tiny model."""
+    import polycap
+
+    chosen = name or polycap.default_model()
+    if name is None and chosen == "polycap-tiny-random" and not quiet:
+        err.print(
+            "note: polycap-base is not installed, so the default is polycap-tiny-random, "
+            "which writes random words. Pass --model to choose another model."
+        )
+    return polycap.load(chosen, device=device)
+
+
+@app.command("caption")
+def caption_cmd(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model name, scheme:ref or folder."),
+    lang: str | None = typer.Option(None, "--lang", "-l", help="Language code(s), comma-separated: en,de."),
+    beams: int = typer.Option(1, "--beams", help="Beam width (1 = greedy)."),
+    max_tokens: int = typer.Option(30, "--max-tokens", help="Maximum new tokens per caption."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy/beam decoding."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Top-k sampling."),
+    num_return: int = typer.Option(1, "--num-return", help="Captions returned per image (alternatives)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (sampling)."),
+    style: str | None = typer.Option(None, "--style", help="Caption style, for backends that support it."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per model call."),
+    fmt: str = typer.Option("text", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write records here instead of stdout."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
+) -> None:
+    """Caption images; one record per image per language. Exit 1 if any item failed."""
+    from polycap.images import iter_image_files
+
+    if fmt not in FORMATS:
+        raise usage_error(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    try:
+        langs = split_langs(lang)
+        paths = iter_image_files(inputs)
+        if not paths:
+            raise usage_error(f"no images found in: {' '.join(inputs)}")
+        captioner = load_model(model, device, quiet)
+        options = captioner.make_options(
+            lang=(langs or [captioner.default_lang])[0],
+            max_new_tokens=max_tokens,
+            num_beams=beams,
+            do_sample=sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            num_return_sequences=num_return,
+            seed=seed,
+            style=style,
+        )
+        results = captioner.iter_captions([str(p) for p in paths], options, batch_size=batch_size, langs=langs)
+        n_failed = _write_all(results, len(paths) * len(langs or [None]), fmt, out, quiet)
+    except OptionError as e:
+        raise usage_error(str(e)) from e
+    except PolycapError as e:
+        raise usage_error(str(e)) from e
+    if n_failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _write_all(results, total: int, fmt: str, out: Path | None, quiet: bool) -> int:
+    """Write records as they come; per-item errors also go to stderr. Returns the failure count."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    show = not quiet and total > 3 and sys.stderr.isatty()
+    stream = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
+    writer = RecordWriter(stream, fmt)
+    failed = 0
+    progress = Progress(
+        TextColumn("captioning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+        transient=True,
+    )
+    try:
+        with progress:
+            task = progress.add_task("caption", total=total)
+            for c in results:
+                if not c.ok:
+                    failed += 1
+                    err.print(f"error: {c.source}: {c.error}", markup=False)
+                writer.write(c)
+                progress.advance(task)
+        writer.close()
+    finally:
+        if out:
+            stream.close()
+    return failed

@@ -1,0 +1,3 @@
+"""Import every command module so each attaches itself to the app."""
+
+from polycap.cli import caption, models  # noqa: F401

@@ -1,0 +1,1 @@
+"""Caption manifests, datasets and the encoder feature cache."""
