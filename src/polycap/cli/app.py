@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import typer
 from rich.console import Console
@@ -62,7 +61,3 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {e}", markup=False)
         return EXIT_USAGE
     return EXIT_OK
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -23,37 +23,41 @@ class CaptionModel(nn.Module):
         self.proj = nn.Sequential(nn.Linear(cfg.encoder_dim, d), nn.LayerNorm(d))
         self.pos = nn.Parameter(torch.randn(1, cfg.grid_positions, d) * 0.02)
         self.mem_drop = nn.Dropout(cfg.dropout)
-        gpt_cfg = GPT2Config(
-            vocab_size=cfg.vocab_size,
-            n_positions=cfg.max_length,
-            n_embd=d,
-            n_layer=cfg.n_layer,
-            n_head=cfg.n_head,
-            resid_pdrop=cfg.dropout,
-            embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout,
-            add_cross_attention=True,
-            bos_token_id=eos_id,
-            eos_token_id=eos_id,
-            pad_token_id=pad_id,
+        self.decoder = _build_decoder(cfg, pad_id, eos_id)
+        self.decoder.generation_config = GenerationConfig(
+            eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=eos_id, use_cache=cfg.arch != "lstm"
         )
-        self.decoder = GPT2LMHeadModel(gpt_cfg)
-        self.decoder.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=eos_id)
 
     def memory(self, features: torch.Tensor) -> torch.Tensor:
         """(B, N, C) encoder grid -> (B, N, D) cross-attention memory."""
         return self.mem_drop(self.proj(features.to(self.pos.dtype)) + self.pos)
 
-    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of ``input_ids`` (B, T) given the images; padding masked by -100."""
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        out = self.decoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=self.memory(features),
-            labels=labels,
+    def forward(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        owner: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of ``input_ids`` (B, T) given the images; padding masked by -100.
+
+        ``features`` (I, N, C) may hold fewer images than captions: ``owner`` (B,) says which
+        image each caption belongs to, so each image is projected once.
+        """
+        memory = self.memory(features)  # (I, N, D)
+        if owner is not None:
+            memory = memory[owner]  # (B, N, D)
+        logits = self.decoder(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory
+        ).logits  # (B, T, V)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)[:, 1:]  # predict token t+1 from <= t
+        return nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=-100,
+            label_smoothing=label_smoothing,
         )
-        return out.loss
 
     def token_logprobs(self, memory: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-sequence mean log-probability of tokens 1..T under the model (teacher forcing).
@@ -78,3 +82,30 @@ class CaptionModel(nn.Module):
             encoder_hidden_states=memory,
             **generate_kwargs,
         )
+
+
+def _build_decoder(cfg: NativeConfig, pad_id: int, eos_id: int) -> nn.Module:
+    """``transformer``: GPT-2 blocks with cross-attention; ``lstm``: the Show-and-Tell baseline."""
+    if cfg.arch == "lstm":
+        from polycap.backends.native.lstm import LSTMDecoder, LSTMDecoderConfig
+
+        return LSTMDecoder(LSTMDecoderConfig(
+            vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer, dropout=cfg.dropout,
+            pad_token_id=pad_id, eos_token_id=eos_id,
+        ))
+    if cfg.arch != "transformer":
+        raise ValueError(f"unknown decoder arch {cfg.arch!r}; known: transformer, lstm")
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.max_length,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        add_cross_attention=True,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    ))

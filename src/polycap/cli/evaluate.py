@@ -1,0 +1,142 @@
+"""``polycap eval`` (caption a manifest split and score it) and ``polycap score`` (score given predictions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import typer
+
+from polycap.cli.app import app, err, usage_error
+from polycap.cli.caption import load_model, split_langs
+from polycap.errors import OptionError, PolycapError
+
+
+def _items(data: Path, split: str | None, limit: int | None):
+    from polycap.data.manifest import read_manifest
+
+    items = read_manifest(data, split=split)
+    if not items:
+        raise usage_error(f"no images in {data}" + (f" with split {split!r}" if split else ""))
+    return items[:limit] if limit else items
+
+
+def _write_report(report: dict, out: Path | None, markdown: Path | None, refs_preds=None) -> None:
+    from polycap.eval.report import format_table, markdown_report
+
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    err.print(format_table(report), markup=False, highlight=False)
+    for lang, r in report["languages"].items():
+        if r.get("n_missing") or r.get("n_errors"):
+            err.print(
+                f"note: {lang}: {r.get('n_missing', 0)} images without prediction, {r.get('n_errors', 0)} failed",
+                markup=False,
+            )
+    if markdown and refs_preds is not None:
+        markdown.write_text(markdown_report(report, *refs_preds), encoding="utf-8")
+
+
+def _refs_preds(items, preds, langs, refs):
+    from polycap.eval.evaluate import references_for
+
+    return (
+        {lang: references_for(items, lang, refs) for lang in langs},
+        {lang: preds.get(lang, {}) for lang in langs},
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Path = typer.Option(..., "--data", help="Caption manifest (JSON Lines)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model name, scheme:ref or folder."),
+    split: str | None = typer.Option("val", "--split", help="Manifest split to evaluate ('' for all)."),
+    lang: str | None = typer.Option(None, "--lang", "-l", help="Languages, comma-separated (default: all shared)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N images of the split."),
+    refs: int | None = typer.Option(None, "--refs", min=1, help="Use only the first N references per image."),
+    beams: int = typer.Option(3, "--beams", help="Beam width."),
+    max_tokens: int = typer.Option(30, "--max-tokens", help="Maximum new tokens."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of beam/greedy decoding."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: int | None = typer.Option(None, "--seed"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report JSON."),
+    preds: Path | None = typer.Option(None, "--preds", help="Write predictions (JSON Lines) as they are made."),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Markdown report with worst and best captions."),
+    device: str = typer.Option("auto", "--device"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Caption every image of a split once per language and score against its references."""
+    from polycap.eval.evaluate import available_languages, build_report, evaluate_model, references_for
+
+    try:
+        items = _items(data, split or None, limit)
+        captioner = load_model(model, device, quiet)
+        supported = captioner.capabilities.languages
+        langs = split_langs(lang) or [x for x in available_languages(items) if supported is None or x in supported]
+        options = captioner.make_options(
+            lang=langs[0], num_beams=beams, max_new_tokens=max_tokens, do_sample=sample,
+            temperature=temperature, top_p=top_p, seed=seed,
+        )
+        for x in langs:
+            captioner.make_options(options, lang=x)
+        total = sum(len(references_for(items, x, refs)) for x in langs)
+        with _progress(total, quiet) as advance, (preds.open("w", encoding="utf-8") if preds else nullcontext()) as pf:
+            predictions, speed, errors = evaluate_model(
+                captioner, items, langs, options, refs, batch_size, pf, advance
+            )
+        meta = {"model": captioner.name, "data": str(data), "split": split or "all",
+                "options": {**options.to_dict(), "max_refs": refs, "limit": limit}, "speed": speed}
+        report = build_report(items, predictions, langs, refs, meta, errors)
+    except (OptionError, PolycapError) as e:
+        raise usage_error(str(e)) from e
+    _write_report(report, out, markdown, _refs_preds(items, predictions, langs, refs))
+
+
+@app.command("score")
+def score_cmd(
+    data: Path = typer.Option(..., "--data", help="Caption manifest (JSON Lines) with the references."),
+    preds: Path = typer.Option(..., "--preds", help='Predictions: {"image", "lang", "caption"} per line.'),
+    split: str | None = typer.Option("val", "--split", help="Manifest split ('' for all)."),
+    lang: str | None = typer.Option(None, "--lang", "-l", help="Languages to score (default: all predicted)."),
+    refs: int | None = typer.Option(None, "--refs", min=1, help="Use only the first N references per image."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report JSON."),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Markdown report with worst and best captions."),
+) -> None:
+    """Score existing predictions from any system on the same footing as ``polycap eval``."""
+    from polycap.eval.evaluate import build_report, read_predictions
+
+    try:
+        items = _items(data, split or None, None)
+        predictions = read_predictions(preds)
+        langs = split_langs(lang) or list(predictions)
+        meta = {"model": str(preds), "data": str(data), "split": split or "all",
+                "options": {"max_refs": refs}, "speed": None}
+        report = build_report(items, predictions, langs, refs, meta)
+    except (OptionError, PolycapError, OSError) as e:
+        raise usage_error(str(e)) from e
+    if not report["languages"]:
+        raise usage_error(f"no predictions in {preds} match images with references in {data} (split {split!r})")
+    _write_report(report, out, markdown, _refs_preds(items, predictions, langs, refs))
+
+
+def _progress(total: int, quiet: bool):
+    """A context manager yielding ``advance(n)``: a rich progress bar on a terminal, else nothing."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextmanager
+    def run():
+        show = not quiet and sys.stderr.isatty()
+        bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=err, disable=not show, transient=True)
+        with bar:
+            task = bar.add_task("eval", total=total)
+            yield lambda n: bar.advance(task, n)
+
+    return run()

@@ -1,0 +1,125 @@
+"""Run a captioner over a manifest split and score it: what ``polycap eval`` and ``polycap score`` do.
+
+Both produce the same report (keys are read by later tools and benchmarks, keep them):
+``{"model", "data", "split", "options", "languages": {lang: {"n_images", "n_refs_per_image",
+"metrics", "n_errors"}}, "speed": {"images_per_s", "ms_per_image"}, "polycap_version"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from polycap._version import __version__
+from polycap.data.manifest import ManifestItem
+from polycap.errors import PolycapError
+from polycap.types import GenerationOptions
+
+Progress = Callable[[int], None]  # called with the number of images just finished
+
+
+def references_for(items: Iterable[ManifestItem], lang: str, max_refs: int | None = None) -> dict[str, list[str]]:
+    """{image key: references in ``lang``}; images without a reference in ``lang`` are left out."""
+    refs = {}
+    for it in items:
+        caps = [c for c in it.captions.get(lang, []) if c.strip()]
+        if caps:
+            refs[it.key] = caps[:max_refs] if max_refs else caps
+    return refs
+
+
+def available_languages(items: Iterable[ManifestItem]) -> list[str]:
+    seen: dict[str, None] = {}
+    for it in items:
+        for lang, caps in it.captions.items():
+            if caps:
+                seen.setdefault(lang)
+    return list(seen)
+
+
+def evaluate_model(
+    captioner: Any,
+    items: list[ManifestItem],
+    langs: list[str],
+    options: GenerationOptions,
+    max_refs: int | None = None,
+    batch_size: int = 16,
+    preds_out: IO[str] | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, dict[str, str]], dict[str, float], dict[str, int]]:
+    """Caption every image that has references in each language; stream predictions.
+
+    Returns (predictions {lang: {key: caption}}, speed, errors per language). A failed item is
+    scored as an empty caption (it counts against the model) and counted in the errors.
+    """
+    preds: dict[str, dict[str, str]] = {}
+    errors: dict[str, int] = {}
+    n_done, seconds = 0, 0.0
+    for lang in langs:
+        keyed = [it for it in items if references_for([it], lang, max_refs)]
+        opts = GenerationOptions.from_kwargs(options, lang=lang)
+        preds[lang], errors[lang] = {}, 0
+        start = time.perf_counter()
+        stream = captioner.iter_captions([str(it.image) for it in keyed], opts, batch_size=batch_size)
+        for it, cap in zip(keyed, stream):
+            preds[lang][it.key] = cap.text if cap.ok else ""
+            errors[lang] += 0 if cap.ok else 1
+            if preds_out is not None:
+                rec = {"image": it.key, "lang": lang, "caption": cap.text, "score": cap.score, "error": cap.error}
+                preds_out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                preds_out.flush()
+            if progress:
+                progress(1)
+        seconds += time.perf_counter() - start
+        n_done += len(keyed)
+    speed = {
+        "images_per_s": n_done / seconds if seconds else 0.0,
+        "ms_per_image": 1000 * seconds / n_done if n_done else 0.0,
+    }
+    return preds, speed, errors
+
+
+def read_predictions(path: str | Path) -> dict[str, dict[str, str]]:
+    """Read ``{"image", "lang", "caption"}`` JSON Lines into {lang: {image: caption}}."""
+    out: dict[str, dict[str, str]] = {}
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out.setdefault(rec["lang"], {})[rec["image"]] = rec.get("caption") or ""
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise PolycapError(f"{path}:{lineno}: bad prediction line ({e}); need image, lang, caption") from e
+    return out
+
+
+def build_report(
+    items: list[ManifestItem],
+    preds: dict[str, dict[str, str]],
+    langs: list[str],
+    max_refs: int | None,
+    meta: dict[str, Any],
+    errors: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Score predictions per language against the manifest's references."""
+    from polycap.eval.report import build_language_report
+
+    languages = {}
+    for lang in langs:
+        refs = references_for(items, lang, max_refs)
+        lang_preds = preds.get(lang, {})
+        keys = [k for k in refs if k in lang_preds]
+        if not keys:
+            continue
+        report = build_language_report({k: refs[k] for k in keys}, {k: lang_preds[k] for k in keys}, lang, max_refs)
+        # Coverage is part of the result: a partial run must not pass for a full one.
+        report["n_missing"] = len(refs) - len(keys)  # images with references but no prediction
+        report["n_ignored"] = len(lang_preds) - len(keys)  # predictions for images without references
+        if errors is not None:
+            report["n_errors"] = errors.get(lang, 0)
+        languages[lang] = report
+    return {**meta, "languages": languages, "polycap_version": __version__}

@@ -1,0 +1,70 @@
+"""Training samples over cached encoder features, batched by image.
+
+A unit is one image with up to ``per_image`` of its captions (any language). A batch of units
+computes the image memory once per image and repeats it for that image's captions, which is
+4x less projection work than one row per caption at the same number of captions per step.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from polycap.backends.native.tokenizer import CaptionTokenizer
+from polycap.data.manifest import ManifestItem
+
+
+@dataclass
+class Unit:
+    row: int  # row of the image in the feature tensor
+    captions: list[list[int]]  # token ids, each "<lang> ... </s>"
+
+
+def caption_pool(
+    items: list[ManifestItem], rows: list[int], langs: list[str], tok: CaptionTokenizer, max_length: int
+) -> list[tuple[int, list[int]]]:
+    """Every (feature row, token ids) pair of the given items in the given languages."""
+    pool = []
+    for it, row in zip(items, rows):
+        for lang in langs:
+            for text in it.captions.get(lang, []):
+                if text.strip():
+                    pool.append((row, tok.encode(text, lang, max_length)))
+    return pool
+
+
+def epoch_units(
+    pool: list[tuple[int, list[int]]], per_image: int, seed: int
+) -> list[Unit]:
+    """Shuffle each image's captions, cut them into units of ``per_image``, shuffle the units.
+
+    Deterministic in ``seed`` (the trainer passes seed + epoch), so a resumed run rebuilds the
+    same order and skips the batches it already did.
+    """
+    rng = random.Random(seed)
+    by_row: dict[int, list[list[int]]] = {}
+    for row, ids in pool:
+        by_row.setdefault(row, []).append(ids)
+    units = []
+    for row in sorted(by_row):
+        caps = by_row[row]
+        rng.shuffle(caps)
+        units.extend(Unit(row, caps[i : i + per_image]) for i in range(0, len(caps), per_image))
+    rng.shuffle(units)
+    return units
+
+
+def collate(units: list[Unit], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (image rows (I,), caption->image index (B,), input_ids (B, T), attention_mask (B, T))."""
+    rows = torch.tensor([u.row for u in units])
+    owner = torch.tensor([i for i, u in enumerate(units) for _ in u.captions])
+    seqs = [ids for u in units for ids in u.captions]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return rows, owner, ids, mask

@@ -1,0 +1,225 @@
+"""``polycap train``: cross-entropy training of polycap's own captioners on cached encoder features.
+
+One run folder holds everything: the resolved config, tokenizer.json, ``checkpoint/`` (written every
+``checkpoint_every`` steps and at each epoch end; ``resume`` continues from it, mid-epoch included),
+``log.jsonl`` (one line per epoch: loss, val BLEU-4 and CIDEr per language, time) and ``best/``, a
+complete model folder (the epoch with the best mean val CIDEr) that ``polycap.load`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polycap.backends.native.backend import NativeCaptioner, build_encoder
+from polycap.backends.native.config import NativeConfig
+from polycap.backends.native.model import CaptionModel
+from polycap.backends.native.tokenizer import CaptionTokenizer
+from polycap.data.features import FeatureCache
+from polycap.data.manifest import ManifestItem, read_manifest
+from polycap.errors import PolycapError
+from polycap.train.checkpoint import load_checkpoint, save_checkpoint
+from polycap.train.config import TrainConfig
+from polycap.train.data import caption_pool, collate, epoch_units
+from polycap.types import GenerationOptions
+
+log = logging.getLogger(__name__)
+PER_IMAGE = 4  # captions per image in a batch unit
+
+
+@dataclass
+class Split:
+    items: list[ManifestItem]
+    features: torch.Tensor  # (n, N, C) float16, row i = items[i]
+
+
+def load_split(cfg: TrainConfig, cache: FeatureCache, split: str, progress: bool) -> Split:
+    """Items of ``split`` from every manifest, with features (computed once, then cached)."""
+    items = [it for m in cfg.data.manifests for it in read_manifest(m, split=split, langs=cfg.data.langs)]
+    items = [it for it in items if any(it.captions.values())]
+    if not items:
+        raise PolycapError(f"no {split!r} images with captions in {cfg.data.manifests}")
+    cache.ensure([it.image for it in items], flip=False, progress=progress)
+    ok = [it for it in items if cache.key_for(it.image) in cache]
+    if len(ok) < len(items):
+        log.warning("%d %s images could not be encoded and are skipped", len(items) - len(ok), split)
+    return Split(ok, cache.get([it.image for it in ok]))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path, progress: bool = True, encoder: Any = None):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.device_type = "cpu"
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.train.seed)
+        self.encoder = encoder if encoder is not None else build_encoder(cfg.model.encoder)
+        cache = FeatureCache(Path(cfg.data.cache_dir).expanduser(), self.encoder)
+        self.train_split = load_split(cfg, cache, cfg.data.train_split, progress)
+        self.val_split = load_split(cfg, cache, cfg.data.val_split, progress)
+        self.langs = cfg.data.langs or sorted({k for it in self.train_split.items for k in it.captions})
+        self.tok = self._tokenizer()
+        self.ncfg = self._native_config()
+        self.model = CaptionModel(self.ncfg, self.tok.pad_id, self.tok.eos_id)
+        self.pool = caption_pool(
+            self.train_split.items, list(range(len(self.train_split.items))), self.langs, self.tok, self.ncfg.max_length
+        )
+
+    def _tokenizer(self) -> CaptionTokenizer:
+        path = self.out / "tokenizer.json"
+        if path.is_file():  # resuming: the ids must not change
+            return CaptionTokenizer.load(self.out, self.langs)
+        texts = (c for it in self.train_split.items for lang in self.langs for c in it.captions.get(lang, []))
+        tok = CaptionTokenizer.train(texts, self.langs, self.cfg.tokenizer.vocab_size, self.cfg.tokenizer.min_frequency)
+        tok.save(self.out)
+        return tok
+
+    def _native_config(self) -> NativeConfig:
+        m = self.cfg.model
+        n, c = self.train_split.features.shape[1:]
+        return NativeConfig(
+            name=m.name, arch=m.arch, languages=list(self.langs), encoder=dict(m.encoder), encoder_dim=int(c),
+            grid_positions=int(n), d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head, dropout=m.dropout,
+            max_length=m.max_length, vocab_size=self.tok.vocab_size,
+        )
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        units = epoch_units(self.pool, PER_IMAGE, 0)
+        return math.ceil(len(units) / max(1, self.cfg.train.batch_size // PER_IMAGE))
+
+    def _optimizer(self):
+        t = self.cfg.train
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
+        )
+        total = max(1, t.epochs * self.steps_per_epoch())
+
+        def lr_at(step: int) -> float:  # linear warm-up, then cosine down to 10%
+            if step < t.warmup_steps:
+                return (step + 1) / t.warmup_steps
+            frac = min(1.0, (step - t.warmup_steps) / max(1, total - t.warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        t = self.cfg.train
+        self.cfg.save(self.out / "config.yaml")
+        opt, sched = self._optimizer()
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "bad_epochs": 0}
+        ckpt = self.out / "checkpoint"
+        if resume:
+            if not (ckpt / "state.json").is_file():
+                raise PolycapError(f"--resume: no checkpoint in {ckpt}")
+            state = load_checkpoint(ckpt, self.model, opt, sched)
+            log.warning("resuming at epoch %d step %d", state["epoch"], state["step_in_epoch"])
+        images_per_batch = max(1, t.batch_size // PER_IMAGE)
+        while state["epoch"] < t.epochs and state["bad_epochs"] < t.patience:
+            start = time.time()
+            units = epoch_units(self.pool, PER_IMAGE, t.seed * 1000 + state["epoch"])
+            batches = [units[i : i + images_per_batch] for i in range(0, len(units), images_per_batch)]
+            loss = self._train_epoch(batches, opt, sched, state, ckpt)
+            if loss is None:  # max_steps reached mid-epoch
+                break
+            metrics = self.validate()
+            self._end_epoch(state, loss, metrics, time.time() - start, opt, sched, ckpt)
+        return self._summary(state)
+
+    def _train_epoch(self, batches, opt, sched, state, ckpt) -> float | None:
+        from rich.progress import Progress
+
+        t = self.cfg.train
+        self.model.train()
+        total, count = state.get("epoch_loss_sum", 0.0), state.get("epoch_loss_n", 0)
+        with Progress(disable=not self.progress, transient=True) as bar:
+            task = bar.add_task(f"epoch {state['epoch'] + 1}", total=len(batches), completed=state["step_in_epoch"])
+            for i in range(state["step_in_epoch"], len(batches)):
+                if t.max_steps is not None and state["global_step"] >= t.max_steps:
+                    save_checkpoint(ckpt, self.model, opt, sched, state)
+                    return None
+                rows, owner, ids, mask = collate(batches[i], self.tok.pad_id)
+                feats = self.train_split.features[rows].float()
+                with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=t.bf16):
+                    loss = self.model(feats, ids, mask, owner=owner, label_smoothing=t.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                opt.step()
+                sched.step()
+                total, count = total + loss.item(), count + 1
+                state.update(step_in_epoch=i + 1, global_step=state["global_step"] + 1,
+                             epoch_loss_sum=total, epoch_loss_n=count)
+                bar.advance(task)
+                if state["global_step"] % t.checkpoint_every == 0:
+                    save_checkpoint(ckpt, self.model, opt, sched, state)
+        return total / max(1, count)
+
+    def captioner(self) -> NativeCaptioner:
+        return NativeCaptioner(self.ncfg, self.model, None, self.tok, "cpu")
+
+    def validate(self) -> dict[str, dict[str, float]]:
+        """Greedy (or val_beams) captions of the first val_limit val images, scored per language."""
+        from polycap.eval.evaluate import references_for
+        from polycap.eval.metrics import score
+
+        self.model.eval()
+        cap = self.captioner()
+        items = self.val_split.items[: self.cfg.data.val_limit or None]
+        results = {}
+        for lang in self.langs:
+            refs = references_for(items, lang)
+            rows = [i for i, it in enumerate(items) if it.key in refs]
+            if not rows:
+                continue
+            opts = GenerationOptions(
+                lang=lang, num_beams=self.cfg.train.val_beams, max_new_tokens=self.ncfg.max_length - 1
+            )
+            preds = {}
+            for s in range(0, len(rows), 100):
+                chunk = rows[s : s + 100]
+                caps = cap.caption_features(self.val_split.features[chunk].float(), opts)
+                preds.update({items[r].key: c.text for r, c in zip(chunk, caps)})
+            m = score(refs, preds, metrics=["BLEU", "CIDEr"], lang=lang)
+            results[lang] = {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"], "n": len(rows)}
+        self.model.train()
+        return results
+
+    def _end_epoch(self, state, loss, metrics, seconds, opt, sched, ckpt) -> None:
+        cider = sum(m["CIDEr"] for m in metrics.values()) / max(1, len(metrics))
+        improved = state["best"] is None or cider > state["best"]
+        state["epoch"] += 1
+        state.update(step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
+        if improved:
+            state.update(best=cider, bad_epochs=0, best_epoch=state["epoch"])
+            self.save_model(self.out / "best")
+        else:
+            state["bad_epochs"] += 1
+        entry = {"epoch": state["epoch"], "loss": loss, "val": metrics, "mean_cider": cider,
+                 "best": improved, "seconds": round(seconds, 1), "lr": sched.get_last_lr()[0]}
+        with (self.out / "log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        save_checkpoint(ckpt, self.model, opt, sched, state)
+        if self.progress:
+            per_lang = " ".join(f"{k}:{v['CIDEr']:.3f}" for k, v in metrics.items())
+            print(f"epoch {state['epoch']}: loss {loss:.3f} val CIDEr {per_lang} ({seconds:.0f}s)", flush=True)
+
+    def save_model(self, folder: Path, half: bool = False) -> None:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.captioner().save(tmp, half=half)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    def _summary(self, state) -> dict[str, Any]:
+        return {"epochs": state["epoch"], "steps": state["global_step"], "best_mean_cider": state["best"],
+                "best_epoch": state.get("best_epoch"), "out": str(self.out)}

@@ -1,0 +1,124 @@
+"""Training on real Flickr8k photos with the tiny encoder: loss falls, resume is exact, kill -9 survives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import polycap  # noqa: E402
+from polycap.train.config import load_config  # noqa: E402
+from polycap.train.trainer import Trainer  # noqa: E402
+
+TINY_MODEL = [
+    'model.encoder={"name": "tiny-conv", "dim": 16, "seed": 0}', "model.d_model=32", "model.n_layer=1",
+    "model.n_head=2", "model.max_length=24", "model.dropout=0.1", "tokenizer.vocab_size=300",
+    "tokenizer.min_frequency=1", "train.batch_size=16", "train.lr=0.003", "train.warmup_steps=2",
+    "train.checkpoint_every=5", "data.val_limit=8", "data.langs=[en,de]",
+]
+
+
+@pytest.fixture(scope="module")
+def manifest(flickr8k, tmp_path_factory) -> Path:
+    """32 train + 8 val real photos (absolute paths, so the manifest can live anywhere)."""
+    lines = [json.loads(x) for x in (flickr8k / "captions.jsonl").open(encoding="utf-8")]
+    chosen = [x for x in lines if x["split"] == "train"][:32] + [x for x in lines if x["split"] == "val"][:8]
+    path = tmp_path_factory.mktemp("data") / "m.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for x in chosen:
+            f.write(json.dumps({**x, "image": str(flickr8k / x["image"])}, ensure_ascii=False) + "\n")
+    return path
+
+
+def _cfg(manifest: Path, cache: Path, *extra: str):
+    return load_config(None, [f"data.manifests=[{manifest}]", f"data.cache_dir={cache}", *TINY_MODEL, *extra])
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_best_model_loads(manifest, tmp_path):
+    run = tmp_path / "run"
+    summary = Trainer(_cfg(manifest, tmp_path / "cache", "train.epochs=4"), run, progress=False).run()
+    log = _log(run)
+    assert [e["epoch"] for e in log] == [1, 2, 3, 4]
+    assert log[-1]["loss"] < log[0]["loss"] * 0.9, [e["loss"] for e in log]
+    assert set(log[0]["val"]) == {"en", "de"} and all("CIDEr" in v for v in log[0]["val"].values())
+    assert summary["best_epoch"] in (1, 2, 3, 4)
+    model = polycap.load(str(run / "best"), device="cpu")
+    cap = model.caption(manifest.parent / "nope.jpg")  # a per-item error, not a crash
+    assert not cap.ok
+    first = json.loads(manifest.read_text().splitlines()[0])["image"]
+    assert model.caption(first, lang="de").ok
+    assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(manifest, tmp_path):
+    cache = tmp_path / "cache"
+    full = tmp_path / "full"
+    Trainer(_cfg(manifest, cache, "train.epochs=2"), full, progress=False).run()
+    part = tmp_path / "part"
+    Trainer(_cfg(manifest, cache, "train.epochs=2", "train.max_steps=13"), part, progress=False).run()
+    state = json.loads((part / "checkpoint" / "state.json").read_text())
+    assert state["global_step"] == 13 and state["step_in_epoch"] > 0  # stopped inside an epoch
+    Trainer(_cfg(manifest, cache, "train.epochs=2"), part, progress=False).run(resume=True)
+    a = (full / "checkpoint" / "model.safetensors").read_bytes()
+    b = (part / "checkpoint" / "model.safetensors").read_bytes()
+    assert a == b, "resumed run diverged from the uninterrupted one"
+    assert [e["loss"] for e in _log(full)] == pytest.approx([e["loss"] for e in _log(part)], rel=1e-6)
+
+
+def test_kill_9_then_resume_continues_from_checkpoint(manifest, tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["--set", f"data.manifests=[{manifest}]", "--set", f"data.cache_dir={cache}"]
+    for o in [*TINY_MODEL, "train.epochs=3", "train.checkpoint_every=3"]:
+        args += ["--set", o]
+    cmd = [sys.executable, "-m", "polycap", "train", "--out", str(run), "-q", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    state_file = run / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.is_file() and json.loads(state_file.read_text())["global_step"] >= 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state_file.read_text())["global_step"]
+    assert killed_at >= 6
+    out = subprocess.run([*cmd[:3], "train", "--out", str(run), "-q", "--resume"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming at epoch" in out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 3
+    assert [e["epoch"] for e in _log(run)][-1] == 3
+
+
+def test_lstm_baseline_arch_trains_and_decodes(manifest, tmp_path):
+    run = tmp_path / "lstm"
+    Trainer(_cfg(manifest, tmp_path / "cache", "train.epochs=2", "model.arch=lstm"), run, progress=False).run()
+    model = polycap.load(str(run / "best"), device="cpu")
+    first = json.loads(manifest.read_text().splitlines()[0])["image"]
+    cap = model.caption(first, num_beams=3, num_return_sequences=2)
+    assert cap.ok and len(cap.alternatives) == 2 and model.cfg.arch == "lstm"
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    from polycap.errors import PolycapError
+
+    with pytest.raises(PolycapError, match="unknown key.*in train: epochz"):
+        load_config(None, ["train.epochz=3"])
+    with pytest.raises(PolycapError, match="unknown config section"):
+        load_config(None, ["nonsense.x=1"])
+    with pytest.raises(PolycapError, match="key=value"):
+        load_config(None, ["train.epochs"])
