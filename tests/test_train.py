@@ -122,3 +122,32 @@ def test_config_errors_name_the_problem(tmp_path):
         load_config(None, ["nonsense.x=1"])
     with pytest.raises(PolycapError, match="key=value"):
         load_config(None, ["train.epochs"])
+
+
+def test_cider_reward_equals_reference_cider_per_image(flickr8k):
+    from polycap.data.manifest import read_manifest
+    from polycap.eval.evaluate import references_for
+    from polycap.eval.metrics import score_report
+    from polycap.train.scst import CiderReward
+
+    items = read_manifest(flickr8k / "captions.jsonl", split="val")[:60]
+    refs = references_for(items, "en")
+    hyps = {k: v[0] for k, v in references_for(items, "de").items() if k in refs}  # off-language: low but nonzero
+    hyps.update({k: refs[k][1] for k in list(refs)[:30]})
+    keys = list(hyps)
+    reward = CiderReward({k: refs[k] for k in keys}, "en")
+    ours = reward([hyps[k] for k in keys], keys)
+    ref = score_report({k: refs[k] for k in keys}, hyps, metrics=["CIDEr"], lang="en").per_image["CIDEr"]
+    assert ours == pytest.approx([ref[k] for k in keys], abs=1e-9)
+
+
+def test_scst_phase_runs_from_best_xe_and_logs_rewards(manifest, tmp_path):
+    run = tmp_path / "scst"
+    cfg = _cfg(manifest, tmp_path / "cache", "train.epochs=1", "scst.epochs=1", "scst.langs=[en]",
+               "scst.batch_size=8", "scst.samples=3")
+    summary = Trainer(cfg, run, progress=False).run()
+    log = _log(run)
+    assert [e.get("phase", "xe") for e in log] == ["xe", "scst"]
+    assert log[1]["reward"] >= 0 and "baseline" in log[1]
+    assert summary["scst_epochs"] == 1
+    assert (run / "best-xe" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()

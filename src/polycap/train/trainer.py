@@ -95,13 +95,16 @@ class Trainer:
         units = epoch_units(self.pool, PER_IMAGE, 0)
         return math.ceil(len(units) / max(1, self.cfg.train.batch_size // PER_IMAGE))
 
-    def _optimizer(self):
+    def _optimizer(self, lr: float | None = None, constant: bool = False):
         t = self.cfg.train
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr or t.lr,
         )
+        if constant:
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
         total = max(1, t.epochs * self.steps_per_epoch())
 
         def lr_at(step: int) -> float:  # linear warm-up, then cosine down to 10%
@@ -124,7 +127,7 @@ class Trainer:
             state = load_checkpoint(ckpt, self.model, opt, sched)
             log.warning("resuming at epoch %d step %d", state["epoch"], state["step_in_epoch"])
         images_per_batch = max(1, t.batch_size // PER_IMAGE)
-        while state["epoch"] < t.epochs and state["bad_epochs"] < t.patience:
+        while state["epoch"] < t.epochs and state["bad_epochs"] < t.patience and state.get("phase") != "scst":
             start = time.time()
             units = epoch_units(self.pool, PER_IMAGE, t.seed * 1000 + state["epoch"])
             batches = [units[i : i + images_per_batch] for i in range(0, len(units), images_per_batch)]
@@ -133,7 +136,50 @@ class Trainer:
                 break
             metrics = self.validate()
             self._end_epoch(state, loss, metrics, time.time() - start, opt, sched, ckpt)
+        else:
+            if state.get("scst_epoch", 0) < self.cfg.scst.epochs:
+                self._run_scst(state, ckpt, opt, sched)
         return self._summary(state)
+
+    # ---- self-critical sequence training ------------------------------------------------------
+    def _run_scst(self, state, ckpt, opt, sched) -> None:
+        from polycap.eval.evaluate import references_for
+        from polycap.train.scst import CiderReward, mean, scst_batches, scst_step
+
+        s = self.cfg.scst
+        if state.get("phase") != "scst":  # start from the best cross-entropy epoch
+            self._load_weights(self.out / "best")
+            shutil.rmtree(self.out / "best-xe", ignore_errors=True)
+            shutil.copytree(self.out / "best", self.out / "best-xe")
+            opt, sched = self._optimizer(lr=s.lr, constant=True)
+            state.update(phase="scst", scst_epoch=0, step_in_epoch=0)
+        items = self.train_split.items
+        langs = [x for x in s.langs if x in self.langs]
+        rows = {x: [i for i, it in enumerate(items) if it.captions.get(x)] for x in langs}
+        rewards = {x: CiderReward(references_for(items, x), x) for x in langs}
+        while state["scst_epoch"] < s.epochs:
+            start = time.time()
+            batches = scst_batches(rows, s.batch_size, self.cfg.train.seed * 1000 + 777 + state["scst_epoch"])
+            stats = []
+            for i in range(state["step_in_epoch"], len(batches)):
+                lang, chunk = batches[i]
+                stats.append(scst_step(self, lang, chunk, rewards[lang], s.samples, opt))
+                state.update(step_in_epoch=i + 1, global_step=state["global_step"] + 1)
+                if state["global_step"] % self.cfg.train.checkpoint_every == 0:
+                    save_checkpoint(ckpt, self.model, opt, sched, state)
+            metrics = self.validate()
+            state["scst_epoch"] += 1
+            extra = {"phase": "scst", "scst_epoch": state["scst_epoch"],
+                     "reward": mean([x["reward"] for x in stats]), "baseline": mean([x["baseline"] for x in stats])}
+            state["epoch"] -= 1  # _end_epoch counts epochs; SCST epochs are counted separately
+            self._end_epoch(state, mean([x["loss"] for x in stats]), metrics, time.time() - start, opt, sched,
+                            ckpt, extra)
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        self.model.decoder.tie_weights()
 
     def _train_epoch(self, batches, opt, sched, state, ckpt) -> float | None:
         from rich.progress import Progress
@@ -194,7 +240,7 @@ class Trainer:
         self.model.train()
         return results
 
-    def _end_epoch(self, state, loss, metrics, seconds, opt, sched, ckpt) -> None:
+    def _end_epoch(self, state, loss, metrics, seconds, opt, sched, ckpt, extra: dict | None = None) -> None:
         cider = sum(m["CIDEr"] for m in metrics.values()) / max(1, len(metrics))
         improved = state["best"] is None or cider > state["best"]
         state["epoch"] += 1
@@ -205,7 +251,7 @@ class Trainer:
         else:
             state["bad_epochs"] += 1
         entry = {"epoch": state["epoch"], "loss": loss, "val": metrics, "mean_cider": cider,
-                 "best": improved, "seconds": round(seconds, 1), "lr": sched.get_last_lr()[0]}
+                 "best": improved, "seconds": round(seconds, 1), "lr": sched.get_last_lr()[0], **(extra or {})}
         with (self.out / "log.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
         save_checkpoint(ckpt, self.model, opt, sched, state)
@@ -221,5 +267,6 @@ class Trainer:
         tmp.rename(folder)
 
     def _summary(self, state) -> dict[str, Any]:
-        return {"epochs": state["epoch"], "steps": state["global_step"], "best_mean_cider": state["best"],
+        return {"epochs": state["epoch"], "scst_epochs": state.get("scst_epoch", 0), "steps": state["global_step"],
+                "best_mean_cider": state["best"],
                 "best_epoch": state.get("best_epoch"), "out": str(self.out)}

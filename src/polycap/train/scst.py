@@ -1,0 +1,103 @@
+"""Self-critical sequence training (Rennie et al. 2017): optimise CIDEr-D directly.
+
+For each image: K captions are sampled with ``generate(do_sample=True)`` and the greedy caption
+is the baseline; the advantage CIDEr-D(sample) - CIDEr-D(greedy) weights the sample's
+log-probability. Document frequencies come from the training references (fixed, as in the
+usual recipe), and the n-gram vectors of every training reference are computed once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import torch
+
+from polycap.eval.metrics.bleu import ngram_counts
+from polycap.eval.metrics.cider import SIGMA, N, _log, _sim, _vector
+from polycap.eval.metrics.tokenize import tokenize_batch
+
+
+class CiderReward:
+    """CIDEr-D of candidates against one image's references, df fixed over a reference corpus."""
+
+    def __init__(self, refs: dict[str, list[str]], lang: str):
+        self.lang = lang
+        keys = list(refs)
+        flat = tokenize_batch([r for k in keys for r in refs[k]], lang)
+        counts, i = {}, 0
+        for k in keys:
+            counts[k] = [ngram_counts(s.split(), N) for s in flat[i : i + len(refs[k])]]
+            i += len(refs[k])
+        df: Counter[str] = Counter()
+        for rcs in counts.values():
+            df.update(set().union(*(ck.keys() for rc in rcs for ck in rc)))
+        self.df = dict(df)
+        logs = _log([float(len(keys))] + [float(max(1, d)) for d in range(len(keys) + 1)])
+        self.idf = [logs[0] - x for x in logs[1:]]
+        self.ref_vectors = {k: [_vector(rc, self.df, self.idf) for rc in rcs] for k, rcs in counts.items()}
+
+    def __call__(self, hyps: list[str], keys: list[str]) -> list[float]:
+        toks = tokenize_batch(hyps, self.lang)
+        out = []
+        for h, k in zip(toks, keys):
+            hv = _vector(ngram_counts(h.split(), N), self.df, self.idf)
+            refs = self.ref_vectors[k]
+            total = sum(sum(_sim(hv, rv, SIGMA)) for rv in refs)
+            out.append(total / N / len(refs) * 10.0)
+        return out
+
+
+def scst_batches(keys_by_lang: dict[str, list[int]], batch_size: int, seed: int) -> list[tuple[str, list[int]]]:
+    """(lang, feature rows) batches: each image once per epoch, in one language drawn at random."""
+    rng = random.Random(seed)
+    choice: dict[int, list[str]] = {}
+    for lang, rows in keys_by_lang.items():
+        for r in rows:
+            choice.setdefault(r, []).append(lang)
+    by_lang: dict[str, list[int]] = {}
+    for r in sorted(choice):
+        by_lang.setdefault(rng.choice(sorted(choice[r])), []).append(r)
+    batches = []
+    for lang, rows in sorted(by_lang.items()):
+        rng.shuffle(rows)
+        batches += [(lang, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples: int, opt) -> dict[str, float]:
+    """One policy-gradient step on the images ``rows`` in ``lang``; returns reward statistics."""
+    model, tok = trainer.model, trainer.tok
+    items = trainer.train_split.items
+    feats = trainer.train_split.features[rows].float()
+    keys = [items[r].key for r in rows]
+    max_new = trainer.ncfg.max_length - 1
+    lang_ids = torch.full((len(rows),), tok.lang_id(lang))
+    model.eval()  # no dropout: the sampled policy and the trained one are the same
+    with torch.no_grad():
+        greedy = model.generate(feats, lang_ids, max_new_tokens=max_new, num_beams=1, do_sample=False)
+        sampled = model.generate(feats, lang_ids, max_new_tokens=max_new, do_sample=True, top_k=0,
+                                 num_return_sequences=samples)
+    cap = trainer.captioner()
+    g_mask, s_mask = cap._mask(greedy), cap._mask(sampled)
+    g_text = [tok.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(greedy, g_mask)]
+    s_text = [tok.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(sampled, s_mask)]
+    base = reward(g_text, keys)
+    r = reward(s_text, [k for k in keys for _ in range(samples)])
+    adv = torch.tensor(r) - torch.tensor(base).repeat_interleave(samples)  # (I*K,)
+    memory = model.memory(feats).repeat_interleave(samples, dim=0)
+    logits = model.decoder(input_ids=sampled, attention_mask=s_mask, encoder_hidden_states=memory).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, sampled[:, 1:, None]).squeeze(-1)
+    m = s_mask[:, 1:].float()
+    loss = -((adv[:, None] * logp * m).sum() / m.sum())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.cfg.train.grad_clip)
+    opt.step()
+    return {"reward": sum(r) / len(r), "baseline": sum(base) / len(base), "loss": loss.item()}
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
