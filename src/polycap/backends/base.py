@@ -130,7 +130,19 @@ class Captioner(ABC):
         if chunk:
             yield from self._caption_chunk(chunk, per_lang, limit)
 
-    def _caption_chunk(self, inputs: list[Any], per_lang: list[GenerationOptions], max_pixels: int) -> list[Caption]:
+    def caption_batch_langs(
+        self, images: Sequence[Image.Image], per_lang: Sequence[GenerationOptions]
+    ) -> list[list[Caption]]:
+        """Caption the same images once per options object; returns [options][image].
+
+        The default calls :meth:`caption_batch` per language; backends that can share work
+        between languages (encode each image once) override this.
+        """
+        return [self.caption_batch(images, opts) for opts in per_lang]
+
+    def _caption_chunk(
+        self, inputs: list[Any], per_lang: list[GenerationOptions], max_pixels: int
+    ) -> list[Caption]:
         from polycap.images import describe_source, load_image
 
         sources = [describe_source(item) for item in inputs]
@@ -142,39 +154,45 @@ class Captioner(ABC):
             except PolycapError as e:
                 for j, opts in enumerate(per_lang):
                     table[i][j] = Caption.failed(str(e), opts.lang, self.name, sources[i])
-        for j, opts in enumerate(per_lang):
-            for i, cap in self._run_isolated(good, opts):
+        for i, row in self._run_isolated(good, per_lang):
+            for j, cap in enumerate(row):
                 cap.source = cap.source or sources[i]
                 table[i][j] = cap
         return [c for row in table for c in row if c is not None]
 
-    def _run_isolated(self, good: list[tuple[int, Image.Image]], opts: GenerationOptions) -> list[tuple[int, Caption]]:
+    def _run_isolated(
+        self, good: list[tuple[int, Image.Image]], per_lang: list[GenerationOptions]
+    ) -> list[tuple[int, list[Caption]]]:
         """Caption the loaded images as one batch; if the batch fails, retry one by one."""
         if not good:
             return []
         idx, imgs = zip(*good)
         try:
-            return list(zip(idx, self._timed_batch(list(imgs), opts)))
+            by_lang = self._timed_batch(list(imgs), per_lang)
+            return [(i, [by_lang[j][k] for j in range(len(per_lang))]) for k, i in enumerate(idx)]
         except Exception as e:  # noqa: BLE001 - isolate the culprit below
             if len(good) == 1:
                 log.warning("captioning failed: %s", e)
-                return [(idx[0], Caption.failed(f"{type(e).__name__}: {e}", opts.lang, self.name))]
+                msg = f"{type(e).__name__}: {e}"
+                return [(idx[0], [Caption.failed(msg, o.lang, self.name) for o in per_lang])]
             log.info("batch of %d failed (%s); retrying item by item", len(good), e)
-            out: list[tuple[int, Caption]] = []
+            out: list[tuple[int, list[Caption]]] = []
             for pair in good:
-                out.extend(self._run_isolated([pair], opts))
+                out.extend(self._run_isolated([pair], per_lang))
             return out
 
-    def _timed_batch(self, images: list[Image.Image], opts: GenerationOptions) -> list[Caption]:
+    def _timed_batch(self, images: list[Image.Image], per_lang: list[GenerationOptions]) -> list[list[Caption]]:
         start = time.perf_counter()
-        caps = self.caption_batch(images, opts)
-        if len(caps) != len(images):
-            raise PolycapError(f"backend {self.name!r} returned {len(caps)} captions for {len(images)} images")
-        share = (time.perf_counter() - start) / len(images)
-        for c in caps:
-            if c.seconds is None:
-                c.seconds = share
-        return caps
+        by_lang = self.caption_batch_langs(images, per_lang)
+        for caps in by_lang:
+            if len(caps) != len(images):
+                raise PolycapError(f"backend {self.name!r} returned {len(caps)} captions for {len(images)} images")
+        share = (time.perf_counter() - start) / (len(images) * len(per_lang))
+        for caps in by_lang:
+            for c in caps:
+                if c.seconds is None:
+                    c.seconds = share
+        return by_lang
 
     def info(self) -> dict[str, Any]:
         caps = self.capabilities

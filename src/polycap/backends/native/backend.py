@@ -89,12 +89,20 @@ class NativeCaptioner(Captioner):
 
     # ---- the contract ----------------------------------------------------------------------
     def caption_batch(self, images: Sequence[Image.Image], options: GenerationOptions) -> list[Caption]:
+        return self.caption_features(self.encode(images), options)
+
+    def caption_batch_langs(
+        self, images: Sequence[Image.Image], per_lang: Sequence[GenerationOptions]
+    ) -> list[list[Caption]]:
+        features = self.encode(images)  # once, whatever the number of languages
+        return [self.caption_features(features, opts) for opts in per_lang]
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB images -> (B, N, C) encoder grid."""
         if self.encoder is None:
             raise PolycapError(f"model {self.name!r} was built without an image encoder")
-        with torch.inference_mode():
-            pixels = self.encoder.preprocess(list(images)).to(self.device)
-            features = self.encoder(pixels)  # (B, N, C)
-        return self.caption_features(features, options)
+        return self.encoder(self.encoder.preprocess(list(images)).to(self.device))
 
     @torch.inference_mode()
     def caption_features(self, features: torch.Tensor, options: GenerationOptions) -> list[Caption]:
