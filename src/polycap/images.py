@@ -164,12 +164,15 @@ def load_image(
 
 
 def _fetch_url(url: str) -> bytes:
-    """Download ``url`` and return its bytes. The single hook for URL support (not yet done).
+    """Download ``url`` with :mod:`polycap.serve.fetch`: public addresses only (checked again after
+    every redirect), size and time limits. Needs httpx (the ``serve`` extra)."""
+    try:
+        import httpx  # noqa: F401
+    except ImportError as e:
+        raise ImageError("fetching URLs needs httpx: pip install 'polycap[serve]'", url) from e
+    from polycap.serve.fetch import fetch_url
 
-    Safe fetching (timeouts, size caps, content-type checks, no private addresses) is a separate
-    piece of work; until it lands, an explicitly allowed URL still fails clearly here.
-    """
-    raise ImageError("URL fetching is not available yet", url)
+    return fetch_url(url)
 
 
 # --------------------------------------------------------------------------------------------

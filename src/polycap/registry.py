@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "polycap.backends"
 # Used only when polycap runs from a source tree that was never installed (no entry points).
-_BUILTIN_PLUGINS = ("polycap.backends.native:register",)
+_BUILTIN_PLUGINS = (
+    "polycap.backends.native:register",
+    "polycap.backends.remote:register",
+    "polycap.backends.compose:register",
+)
 
 Loader = Callable[..., Any]  # loader(ref: str, *, device: str, **kwargs) -> Captioner
 

@@ -156,6 +156,11 @@ class StyledCaptioner(Captioner):
     def __repr__(self) -> str:
         return f"StyledCaptioner(describer={self.describer!r}, rewriter={self.rewriter!r}, style={self.style!r})"
 
+    def check_options(self, options: GenerationOptions) -> None:
+        super().check_options(options)
+        if options.num_return_sequences != 1:
+            raise OptionError(f"model {self.name!r} writes one styled caption per image (num_return_sequences=1)")
+
     def caption_batch(self, images: Sequence[Image.Image], options: GenerationOptions) -> list[Caption]:
         descriptions = self.describer.caption_batch(images, self._describe_options(options))
         if len(descriptions) != len(images):
@@ -196,7 +201,8 @@ class StyledCaptioner(Captioner):
             return _failed(f"rewriting failed: {detail}", options, self.name, meta)
         text = prompts.clean_caption(raw, style)
         if not text:
-            return _failed(f"rewriting failed: the rewriter returned no caption ({raw[:80]!r})", options, self.name, meta)
+            error = f"rewriting failed: the rewriter returned no caption ({raw[:80]!r})"
+            return _failed(error, options, self.name, meta)
         return Caption(text=text, lang=options.lang, model=self.name, meta=meta)
 
     def info(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import typer
 
 from polycap.cli.app import EXIT_SOME_FAILED, app, err, usage_error
 from polycap.cli.output import FORMATS, RecordWriter
+from polycap.cli.remote_opts import load_kwargs
 from polycap.errors import OptionError, PolycapError
 
 
@@ -22,7 +23,7 @@ def split_langs(value: str | None) -> list[str] | None:
     return list(dict.fromkeys(langs))
 
 
-def load_model(name: str | None, device: str, quiet: bool):
+def load_model(name: str | None, device: str, quiet: bool, **kwargs):
     """Load a model by name, or the default one with a notice when it is only the tiny model."""
     import polycap
 
@@ -32,7 +33,7 @@ def load_model(name: str | None, device: str, quiet: bool):
             "note: polycap-base is not installed, so the default is polycap-tiny-random, "
             "which writes random words. Pass --model to choose another model."
         )
-    return polycap.load(chosen, device=device)
+    return polycap.load(chosen, device=device, **kwargs)
 
 
 @app.command("caption")
@@ -48,7 +49,13 @@ def caption_cmd(
     top_k: int | None = typer.Option(None, "--top-k", help="Top-k sampling."),
     num_return: int = typer.Option(1, "--num-return", help="Captions returned per image (alternatives)."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (sampling)."),
-    style: str | None = typer.Option(None, "--style", help="Caption style, for backends that support it."),
+    style: str | None = typer.Option(None, "--style", help="social, alt-text, detailed, hashtags or an instruction."),
+    rewriter: str | None = typer.Option(None, "--rewriter", help="Rewrite --model's description with this text model."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Prompt template (remote model, or the --rewriter)."),
+    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="Read the prompt template from a file."),
+    base_url: str | None = typer.Option(None, "--base-url", help="openai-compatible server URL (vLLM, Ollama, ...)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the remote response cache."),
+    max_side: int | None = typer.Option(None, "--max-side", min=32, help="Longest image side sent to remote APIs."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per model call."),
     fmt: str = typer.Option("text", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write records here instead of stdout."),
@@ -65,7 +72,11 @@ def caption_cmd(
         paths = iter_image_files(inputs)
         if not paths:
             raise usage_error(f"no images found in: {' '.join(inputs)}")
-        captioner = load_model(model, device, quiet)
+        model, extra = load_kwargs(
+            model, prompt=prompt, prompt_file=prompt_file, base_url=base_url, no_cache=no_cache, max_side=max_side,
+            rewriter=rewriter,
+        )
+        captioner = load_model(model, device, quiet, **extra)
         options = captioner.make_options(
             lang=(langs or [captioner.default_lang])[0],
             max_new_tokens=max_tokens,

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 
 import torch
 
-from polycap.eval.metrics.bleu import ngram_counts
-from polycap.eval.metrics.cider import SIGMA, N, _log, _sim, _vector
+from polycap.eval.metrics.cider import CiderD
 from polycap.eval.metrics.tokenize import tokenize_batch
 
 
@@ -26,27 +24,16 @@ class CiderReward:
         self.lang = lang
         keys = list(refs)
         flat = tokenize_batch([r for k in keys for r in refs[k]], lang)
-        counts, i = {}, 0
+        tokenised, i = [], 0
         for k in keys:
-            counts[k] = [ngram_counts(s.split(), N) for s in flat[i : i + len(refs[k])]]
+            tokenised.append(flat[i : i + len(refs[k])])
             i += len(refs[k])
-        df: Counter[str] = Counter()
-        for rcs in counts.values():
-            df.update(set().union(*(ck.keys() for rc in rcs for ck in rc)))
-        self.df = dict(df)
-        logs = _log([float(len(keys))] + [float(max(1, d)) for d in range(len(keys) + 1)])
-        self.idf = [logs[0] - x for x in logs[1:]]
-        self.ref_vectors = {k: [_vector(rc, self.df, self.idf) for rc in rcs] for k, rcs in counts.items()}
+        self.scorer = CiderD(tokenised)
+        self.index = {k: i for i, k in enumerate(keys)}
 
     def __call__(self, hyps: list[str], keys: list[str]) -> list[float]:
         toks = tokenize_batch(hyps, self.lang)
-        out = []
-        for h, k in zip(toks, keys):
-            hv = _vector(ngram_counts(h.split(), N), self.df, self.idf)
-            refs = self.ref_vectors[k]
-            total = sum(sum(_sim(hv, rv, SIGMA)) for rv in refs)
-            out.append(total / N / len(refs) * 10.0)
-        return out
+        return [self.scorer.score_one(h, self.index[k]) for h, k in zip(toks, keys)]
 
 
 def scst_batches(keys_by_lang: dict[str, list[int]], batch_size: int, seed: int) -> list[tuple[str, list[int]]]:

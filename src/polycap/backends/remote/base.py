@@ -35,7 +35,7 @@ from PIL import Image
 
 from polycap.backends.base import Capabilities, Captioner
 from polycap.backends.remote import prompts
-from polycap.backends.remote.cache import ResponseCache, cache_key
+from polycap.backends.remote.cache import ResponseCache, SingleFlight, cache_key
 from polycap.backends.remote.retry import RemoteError, RetryPolicy, as_policy, call_with_retries
 from polycap.errors import MissingDependencyError, ModelNotFoundError, OptionError, PolycapError
 from polycap.types import Caption, GenerationOptions
@@ -228,6 +228,7 @@ class RemoteCaptioner(Captioner):
         self._template = prompts.load_template(settings.prompt, settings.prompt_file)
         self._cache = ResponseCache(settings.cache_dir) if settings.cache else None
         self._slots = threading.BoundedSemaphore(settings.max_concurrency)
+        self._single_flight = SingleFlight()
         self._client = self._make_client(key.reveal() if key else None)  # builds objects, no network
 
     @classmethod
@@ -261,12 +262,19 @@ class RemoteCaptioner(Captioner):
             raise OptionError(f"model {self.name!r} returns one caption per call (num_return_sequences=1)")
 
     def caption_batch(self, images: Sequence[Image.Image], options: GenerationOptions) -> list[Caption]:
-        style = options.style or self.settings.style
-        prompt = prompts.caption_prompt(options, self._template, self.settings.style)
+        return self.caption_batch_langs(images, [options])[0]
+
+    def caption_batch_langs(
+        self, images: Sequence[Image.Image], per_lang: Sequence[GenerationOptions]
+    ) -> list[list[Caption]]:
+        """Encode each image once; every (language, image) request shares one bounded thread pool."""
         payloads = [encode_image(im, self.settings.max_side, self.settings.jpeg_quality) for im in images]
-        workers = max(1, min(self.settings.max_concurrency, len(payloads)))
+        jobs = [(opts, data) for opts in per_lang for data in payloads]
+        workers = max(1, min(self.settings.max_concurrency, len(jobs)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"polycap-{self.provider}") as pool:
-            return list(pool.map(lambda data: self._caption_one(data, prompt, options, style), payloads))
+            flat = list(pool.map(lambda job: self._caption_one(job[1], job[0]), jobs))
+        n = len(payloads)
+        return [flat[j * n : (j + 1) * n] for j in range(len(per_lang))]
 
     @property
     def max_concurrency(self) -> int:
@@ -292,10 +300,11 @@ class RemoteCaptioner(Captioner):
                 "max_side": s.max_side, "max_concurrency": s.max_concurrency, "cache": s.cache}
 
     # ---- one request ------------------------------------------------------------------------
-    def _caption_one(self, image: bytes, prompt: str, options: GenerationOptions, style: str | None) -> Caption:
+    def _caption_one(self, image: bytes, options: GenerationOptions) -> Caption:
         start = time.perf_counter()
         try:
-            text, meta = self._complete(prompt, image, options, style)
+            prompt = prompts.caption_prompt(options, self._template, self.settings.style)
+            text, meta = self._complete(prompt, image, options, options.style or self.settings.style)
             cap = Caption(text=text, lang=options.lang, model=self.name, meta=meta)
         except Exception as e:  # noqa: BLE001 - one bad answer must not fail the batch
             message = self._error_text(e)
@@ -310,16 +319,18 @@ class RemoteCaptioner(Captioner):
     ) -> tuple[str, dict[str, Any]]:
         """Cached or fresh answer to one prompt: (clean text, meta). Raises RemoteError."""
         params = self._params(options)
-        key = self._cache_key(prompt, image, params) if self._cache else None
-        record = self._cache.get(key) if self._cache and key else None
-        cached = record is not None
-        if record is None:
-            record = self._request(prompt, image, params)
-            if self._cache and key:
-                self._cache.put(key, record)  # only successful answers get here
-        text = prompts.clean_caption(record["text"], style)
-        if not text:
-            raise RemoteError(f"{self.name}: the response held no caption after cleanup: {record['text'][:80]!r}")
+        if self._cache is None:
+            record, cached = self._request(prompt, image, params), False
+        else:
+            key = self._cache_key(prompt, image, params)
+            with self._single_flight.hold(key):  # a duplicate in flight waits, then hits the cache
+                record = self._cache.get(key)
+                cached = record is not None
+                if record is None:
+                    record = self._request(prompt, image, params)
+                    self._clean(record, style)  # raises before an unusable answer is cached
+                    self._cache.put(key, record)
+        text = self._clean(record, style)
         meta = {
             "provider": self.provider,
             "model": self.model,
@@ -355,6 +366,12 @@ class RemoteCaptioner(Captioner):
             "model": self.model,
             "created": time.time(),
         }
+
+    def _clean(self, record: dict[str, Any], style: str | None) -> str:
+        text = prompts.clean_caption(record["text"], style)
+        if not text:
+            raise RemoteError(f"{self.name}: the response held no caption after cleanup: {record['text'][:80]!r}")
+        return text
 
     def _params(self, options: GenerationOptions) -> CallParams:
         budget = self.settings.max_output_tokens or max(options.max_new_tokens, DEFAULT_MIN_OUTPUT_TOKENS)

@@ -17,6 +17,9 @@ import json
 import logging
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +83,29 @@ class ResponseCache:
                 raise
         except OSError as e:
             log.warning("could not write the response cache at %s: %s", path, e)
+
+
+class SingleFlight:
+    """Serialise work on equal keys, so identical requests in flight at once cost one call.
+
+    The second caller waits for the first and then finds its answer in the cache. Entries are
+    dropped when nobody holds them, so memory does not grow with the number of keys seen.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[str, list[Any]] = {}  # key -> [lock, number of holders and waiters]
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._held.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._held[key]

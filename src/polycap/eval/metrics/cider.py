@@ -79,6 +79,59 @@ def _sim(hyp: Vector, ref: Counts, norm_r: list[float], weight: dict[str, float]
     return val
 
 
+class _Weights(dict):
+    """n-gram -> idf weight; n-grams no reference has (document frequency 0) get ``log(#images)``."""
+
+    def __init__(self, weights: dict[str, float], unseen: float):
+        super().__init__(weights)
+        self.unseen = unseen
+
+    def __missing__(self, gram: str) -> float:
+        return self.unseen
+
+
+class CiderD:
+    """CIDEr-D against fixed reference sets, document frequencies counted over those sets.
+
+    :func:`cider_d` scores an evaluation set with it; self-critical training builds one over the
+    training references and scores sampled captions against image ``i``'s references.
+    """
+
+    def __init__(
+        self, refs: Sequence[Sequence[str]], sigma: float = SIGMA, counts_cache: dict[str, Counts] | None = None
+    ):
+        self.sigma = sigma
+        self.cache = counts_cache if counts_cache is not None else {}
+        self.ref_counts = [[self.counts(r) for r in rs] for rs in refs]
+        df: Counter[str] = Counter()
+        for rcs in self.ref_counts:  # document frequency: in how many images' references an n-gram occurs
+            df.update(set().union(*(ck.keys() for rc in rcs for ck in rc)))
+        n_images = len(self.ref_counts)
+        # idf by document frequency d: log(#images) - log(max(1, d)); d = 0 for unseen n-grams
+        logs = _log([float(n_images)] + [float(max(1, d)) for d in range(n_images + 1)])
+        idf = [logs[0] - x for x in logs[1:]]
+        self.weight = _Weights({g: idf[d] for g, d in df.items()}, idf[0])
+        self.ref_norms = [[_norms(rc, self.weight) for rc in rcs] for rcs in self.ref_counts]
+
+    def counts(self, sentence: str) -> Counts:
+        c = self.cache.get(sentence)
+        if c is None:
+            c = self.cache[sentence] = ngram_counts(sentence.split(), N)
+        return c
+
+    def score_one(self, hyp: str, i: int) -> float:
+        """CIDEr-D of a tokenised candidate against reference set ``i``."""
+        hv = _vector(self.counts(hyp), self.weight)
+        total = [0.0] * N
+        for rc, norm in zip(self.ref_counts[i], self.ref_norms[i]):
+            sim = _sim(hv, rc, norm, self.weight, self.sigma)
+            for n in range(N):
+                total[n] += sim[n]
+        # np.mean over the 4 orders (a plain left-to-right sum below 8 items), / #refs, * 10
+        avg = (((0.0 + total[0]) + total[1]) + total[2]) + total[3]
+        return avg / N / len(self.ref_counts[i]) * 10.0
+
+
 def cider_d(
     hyps: Sequence[str],
     refs: Sequence[Sequence[str]],
@@ -90,35 +143,8 @@ def cider_d(
     ``counts_cache`` maps a tokenised sentence to its n-gram counts, to share the counting
     with BLEU (see :func:`polycap.eval.metrics.bleu.ngram_counts`).
     """
-    cache = counts_cache if counts_cache is not None else {}
-
-    def counts_of(sentence: str) -> Counts:
-        c = cache.get(sentence)
-        if c is None:
-            c = cache[sentence] = ngram_counts(sentence.split(), N)
-        return c
-
-    hyp_counts = [counts_of(h) for h in hyps]
-    ref_counts = [[counts_of(r) for r in rs] for rs in refs]
-    df: Counter[str] = Counter()
-    for rcs in ref_counts:  # document frequency: in how many images' references an n-gram occurs
-        df.update(set().union(*(ck.keys() for rc in rcs for ck in rc)))
-    n_images = len(ref_counts)
-    # idf by document frequency d: log(#images) - log(max(1, d)); d = 0 for unseen n-grams
-    logs = _log([float(n_images)] + [float(max(1, d)) for d in range(n_images + 1)])
-    idf = [logs[0] - x for x in logs[1:]]
-    weight = {g: idf[d] for g, d in df.items()}
-    unseen = set().union(*(ck.keys() for hc in hyp_counts for ck in hc)) - weight.keys()
-    weight.update(dict.fromkeys(unseen, idf[0]))
-    scores = []
-    for hc, rcs in zip(hyp_counts, ref_counts, strict=True):
-        hv = _vector(hc, weight)
-        total = [0.0] * N
-        for rc in rcs:
-            sim = _sim(hv, rc, _norms(rc, weight), weight, sigma)
-            for n in range(N):
-                total[n] += sim[n]
-        # np.mean over the 4 orders (a plain left-to-right sum below 8 items), / #refs, * 10
-        avg = (((0.0 + total[0]) + total[1]) + total[2]) + total[3]
-        scores.append(avg / N / len(rcs) * 10.0)
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} candidates for {len(refs)} reference sets")
+    scorer = CiderD(refs, sigma, counts_cache)
+    scores = [scorer.score_one(h, i) for i, h in enumerate(hyps)]
     return numpy_mean(scores), scores

@@ -1,0 +1,216 @@
+"""Fetch an image URL for a client without letting the client reach what only the server can reach.
+
+A server that downloads URLs on a client's behalf can be turned against its own network (SSRF):
+``http://127.0.0.1:6379/``, ``http://10.0.0.5/admin``, the cloud metadata service at
+``169.254.169.254``, or a public URL that redirects to any of them. The rules here:
+
+* ``http``/``https`` only, no credentials in the URL;
+* the host is resolved once and *every* address it resolves to must be public (a name that
+  resolves to one public and one private address is refused: DNS answers can rotate);
+* the connection goes to the vetted address itself (the Host header and TLS SNI/certificate check
+  still use the name), so a second, different DNS answer (rebinding) is never used;
+* redirects are followed by hand, each hop vetted again, at most ``max_redirects``;
+* environment proxies are ignored (a proxy would connect to whatever the name means to it);
+* the body is streamed and cut at ``max_bytes``; the whole fetch has a wall-clock deadline.
+
+Needs ``httpx`` (the ``serve`` extra). Errors are :class:`polycap.ImageError` subclasses, so a failed
+fetch is one failed item, like a damaged file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from polycap.errors import ImageError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MAX_REDIRECTS = 3
+USER_AGENT = "polycap-fetch (+https://pypi.org/project/polycap/)"
+
+# Cloud metadata endpoints. Most are link-local or private anyway; listed so the refusal says why
+# and so that they stay refused even if a policy is loosened for tests.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64 prefix: the low 32 bits are an IPv4 address
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class FetchError(ImageError):
+    """The URL could not be fetched, or was refused before any connection was made."""
+
+
+def blocked_reason(ip: IPAddress) -> str | None:
+    """Why ``ip`` must not be contacted on a client's behalf, or None if it is a public address.
+
+    IPv4 addresses embedded in IPv6 (``::ffff:127.0.0.1``, 6to4, Teredo, NAT64) are judged as the IPv4
+    address they lead to, since that is where the packets go.
+    """
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            inner = blocked_reason(embedded)
+            return f"{inner} (inside the IPv6 address)" if inner else None
+    checks = (
+        ("is_unspecified", "an unspecified address"),
+        ("is_loopback", "a loopback address"),
+        ("is_link_local", "a link-local address"),
+        ("is_private", "a private address"),
+        ("is_multicast", "a multicast address"),
+        ("is_reserved", "a reserved address"),
+    )
+    for attr, why in checks:
+        if getattr(ip, attr):
+            return why
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return "a site-local address"
+    if not ip.is_global:
+        return "not a public address"
+    return None
+
+
+def is_public(ip: IPAddress) -> bool:
+    """The default policy: only public addresses may be fetched from."""
+    return blocked_reason(ip) is None
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """All addresses ``host`` resolves to (both families), as strings."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise FetchError(f"cannot resolve host {host!r}: {e}") from e
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def vet_host(
+    host: str, port: int, resolver: Resolver = system_resolver, allow: Callable[[IPAddress], bool] = is_public
+) -> IPAddress:
+    """Resolve ``host`` and return the address to connect to, refusing if any address is not allowed."""
+    try:
+        addresses = [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolver(host, port)]
+    if not addresses:
+        raise FetchError(f"host {host!r} resolves to no address")
+    for ip in addresses:
+        if not allow(ip):
+            why = blocked_reason(ip) or "not allowed by the fetch policy"
+            raise FetchError(f"refused: {host} resolves to {ip}, {why}")
+    return addresses[0]
+
+
+def fetch_url(
+    url: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_redirects: int = DEFAULT_MAX_REDIRECTS,
+    resolver: Resolver = system_resolver,
+    allow: Callable[[IPAddress], bool] = is_public,
+) -> bytes:
+    """Download an image URL safely (see the module docstring) and return its bytes.
+
+    ``resolver`` and ``allow`` exist for tests (a fake DNS, a loopback server standing in for a
+    public one); production callers keep the defaults.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    current = url
+    with httpx.Client(trust_env=False, follow_redirects=False, verify=True) as client:
+        for _hop in range(max_redirects + 1):
+            target = _check_url(current)
+            ip = vet_host(target["host"], target["port"], resolver, allow)
+            location = _get(client, target, ip, deadline, max_bytes)
+            if isinstance(location, bytes):
+                return location
+            current = urljoin(current, location)
+    raise FetchError(f"too many redirects (more than {max_redirects})", url)
+
+
+def _check_url(url: str) -> dict[str, Any]:
+    """Split ``url`` and refuse anything but plain http(s) URLs with a host."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as e:
+        raise FetchError(f"invalid URL: {e}", url) from e
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise FetchError(f"refused: only http and https URLs are fetched, not {scheme or 'no scheme'!r}", url)
+    if parts.username is not None or parts.password is not None:
+        raise FetchError("refused: URLs with credentials (user:password@) are not fetched", url)
+    host = parts.hostname
+    if not host:
+        raise FetchError("invalid URL: no host", url)
+    port = port or (443 if scheme == "https" else 80)
+    return {"url": url.strip(), "scheme": scheme, "host": host, "port": port, "netloc": parts.netloc}
+
+
+def _get(client: Any, target: dict[str, Any], ip: IPAddress, deadline: float, max_bytes: int) -> bytes | str:
+    """One GET to the pinned address. Returns the body, or the Location of a redirect."""
+    import httpx
+
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise FetchError("timed out", target["url"])
+    pinned = httpx.URL(target["url"]).copy_with(host=str(ip), port=target["port"])
+    headers = {"Host": target["netloc"], "User-Agent": USER_AGENT, "Accept": "image/*"}
+    extensions = {"sni_hostname": target["host"]} if target["scheme"] == "https" else {}
+    try:
+        with client.stream(
+            "GET", pinned, headers=headers, extensions=extensions, timeout=httpx.Timeout(remaining)
+        ) as resp:
+            if resp.status_code in _REDIRECTS:
+                location = resp.headers.get("location")
+                if not location:
+                    raise FetchError(f"redirect ({resp.status_code}) without a Location header", target["url"])
+                return location
+            if resp.status_code != 200:
+                raise FetchError(f"the server answered HTTP {resp.status_code}", target["url"])
+            _check_headers(resp.headers, max_bytes, target["url"])
+            return _read_capped(resp, max_bytes, deadline, target["url"])
+    except httpx.TimeoutException as e:
+        raise FetchError("timed out", target["url"]) from e
+    except httpx.HTTPError as e:
+        raise FetchError(f"download failed: {type(e).__name__}: {e}", target["url"]) from e
+
+
+def _check_headers(headers: Any, max_bytes: int, url: str) -> None:
+    length = headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        raise FetchError(f"too large: {int(length):,} bytes (limit {max_bytes:,})", url)
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype.startswith(("text/", "application/json", "application/xml", "application/xhtml")):
+        raise FetchError(f"not an image: the server sent {ctype}", url)
+
+
+def _read_capped(resp: Any, max_bytes: int, deadline: float, url: str) -> bytes:
+    """Stream the body; stop at ``max_bytes`` or the deadline, whichever comes first."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in resp.iter_bytes(64 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise FetchError(f"too large: more than {max_bytes:,} bytes", url)
+        if time.monotonic() > deadline:
+            raise FetchError("timed out", url)
+        chunks.append(chunk)
+    if size == 0:
+        raise FetchError("the server sent an empty body", url)
+    return b"".join(chunks)
