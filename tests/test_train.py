@@ -151,3 +151,8 @@ def test_scst_phase_runs_from_best_xe_and_logs_rewards(manifest, tmp_path):
     assert log[1]["reward"] >= 0 and "baseline" in log[1]
     assert summary["scst_epochs"] == 1
     assert (run / "best-xe" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()
+
+
+def test_set_parses_exponent_numbers():
+    cfg = load_config(None, ["scst.lr=5e-5", "train.lr=1e-3", "model.name=polycap-x"])
+    assert cfg.scst.lr == 5e-5 and cfg.train.lr == 1e-3 and cfg.model.name == "polycap-x"

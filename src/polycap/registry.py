@@ -31,6 +31,8 @@ _BUILTIN_PLUGINS = (
     "polycap.backends.native:register",
     "polycap.backends.remote:register",
     "polycap.backends.compose:register",
+    "polycap.backends.hf:register",
+    "polycap.backends.translate:register",
 )
 
 Loader = Callable[..., Any]  # loader(ref: str, *, device: str, **kwargs) -> Captioner

@@ -56,6 +56,7 @@ def caption_cmd(
     base_url: str | None = typer.Option(None, "--base-url", help="openai-compatible server URL (vLLM, Ollama, ...)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the remote response cache."),
     max_side: int | None = typer.Option(None, "--max-side", min=32, help="Longest image side sent to remote APIs."),
+    dtype: str | None = typer.Option(None, "--dtype", help="hf: models: float32, bfloat16 or float16."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per model call."),
     fmt: str = typer.Option("text", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write records here instead of stdout."),
@@ -76,6 +77,8 @@ def caption_cmd(
             model, prompt=prompt, prompt_file=prompt_file, base_url=base_url, no_cache=no_cache, max_side=max_side,
             rewriter=rewriter,
         )
+        if dtype:
+            extra["dtype"] = dtype
         captioner = load_model(model, device, quiet, **extra)
         options = captioner.make_options(
             lang=(langs or [captioner.default_lang])[0],

@@ -100,7 +100,17 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise PolycapError(f"--set {key}: {p!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = _number_or_value(yaml.safe_load(raw))
+
+
+def _number_or_value(value: Any) -> Any:
+    """YAML 1.1 reads ``5e-5`` (no dot) as a string; users mean a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def build_config(data: dict[str, Any]) -> TrainConfig:

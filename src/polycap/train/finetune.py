@@ -1,0 +1,323 @@
+"""LoRA fine-tuning of ``hf:`` captioners on a caption manifest, with validation and early stopping.
+
+    result = finetune(FinetuneConfig(model="hf:/models/blip", data="captions.jsonl", out="runs/blip-lora"))
+    polycap.load("runs/blip-lora")          # base model + best adapter, merged at load time
+
+The run folder holds ``config.json`` (``{"backend": "hf", "base_model": ..., "adapter": "adapter"}``,
+so ``polycap.load(DIR)`` works), ``adapter/`` (the best epoch's LoRA weights), ``last.pt`` (the
+resumable state: LoRA weights, optimizer, epoch, history), ``log.jsonl`` (one line per epoch) and,
+with ``merge=True``, ``merged/`` (a plain transformers model the config then points to).
+
+Per architecture, only what differs is here: the default LoRA target modules and how a batch of
+(image, caption) pairs becomes model inputs with ``labels`` (padding masked by the attention mask,
+never by a token id: GPT-2 pads with its end-of-text token, which must still be learned).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from polycap.errors import MissingDependencyError, OptionError, PolycapError
+
+log = logging.getLogger(__name__)
+
+# model_type -> attention projections LoRA adapts by default (those present in the model are used)
+TARGET_MODULES = {
+    "blip": ("query", "value", "qkv"),
+    "blip-2": ("q_proj", "v_proj", "q", "v"),  # OPT or Flan-T5 language model
+    "git": ("query", "value"),
+    "vision-encoder-decoder": ("c_attn", "query", "value", "q_proj", "v_proj"),  # GPT-2 / BERT / ViT
+    "florence2": ("q_proj", "v_proj"),
+}
+METRICS = ("loss", "cider")
+
+
+@dataclass
+class FinetuneConfig:
+    model: str
+    data: str | Path
+    out: str | Path
+    lang: str = "en"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str = "auto"
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 8
+    early_stopping_patience: int = 2
+    eval_metric: str = "loss"
+    val_fraction: float = 0.1  # used only when the manifest has no "val" split
+    max_val_items: int | None = None
+    seed: int = 0
+    merge: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.eval_metric = self.eval_metric.lower()
+        if self.eval_metric not in METRICS:
+            raise OptionError(f"eval_metric must be one of {', '.join(METRICS)} (CIDEr), got {self.eval_metric!r}")
+        for name in ("lora_r", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.early_stopping_patience < 0:
+            raise OptionError("early_stopping_patience must be >= 0 (0 = never stop early)")
+
+
+def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Train LoRA adapters; keep the best epoch's adapter in ``cfg.out``. Returns a summary."""
+    torch, peft = _require()
+    from polycap.backends.hf.backend import load_hf
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    base_ref = cfg.model.removeprefix("hf:")
+    captioner = load_hf(base_ref, device=cfg.device)
+    captioner.capabilities = replace(captioner.capabilities, languages=(cfg.lang,))  # it learns to write cfg.lang
+    model_type = _model_type(captioner)
+    train, val = split_data(cfg)
+    targets = resolve_targets(captioner.model, model_type, cfg.target_modules)
+    lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                           target_modules=targets, bias="none")  # fmt: skip
+    peft_model = peft.get_peft_model(captioner.model, lora)  # injects LoRA layers into captioner.model in place
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
+    if resume and (out / "last.pt").is_file():
+        state = _load_state(out / "last.pt", peft_model, opt)
+    (out / "finetune.json").write_text(json.dumps({**asdict(cfg), "data": str(cfg.data), "out": str(out),
+                                                   "target_modules": targets}, indent=2))  # fmt: skip
+    while state["epoch"] < cfg.epochs:
+        if cfg.early_stopping_patience and state["bad_epochs"] >= cfg.early_stopping_patience:
+            break
+        epoch = state["epoch"] + 1
+        rng = random.Random(cfg.seed * 1000 + epoch)
+        train_loss = _train_epoch(captioner, peft_model, opt, _shuffled(train, rng), cfg.batch_size, epoch, progress)
+        val_loss = _val_loss(captioner, peft_model, val, cfg.batch_size)
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
+        if cfg.eval_metric == "cider":
+            record["val_cider"] = _val_cider(captioner, val, cfg)
+        value = -record["val_cider"] if cfg.eval_metric == "cider" else val_loss  # lower is better
+        improved = state["best"] is None or value < state["best"]
+        if improved:
+            state.update(best=value, best_epoch=epoch, bad_epochs=0)
+            peft_model.save_pretrained(out / "adapter")
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["history"].append({**record, "best": improved})
+        with (out / "log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        _save_state(out / "last.pt", peft_model, opt, state)
+        log.info("epoch %d: %s%s", epoch, record, " (best)" if improved else "")
+    stopped_early = state["epoch"] < cfg.epochs
+    _write_model_config(out, cfg, base_ref, captioner)
+    if cfg.merge:
+        _merge(out, base_ref, captioner)
+    return {"out": str(out), "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+            "stopped_early": stopped_early, "metric": cfg.eval_metric, "history": state["history"],
+            "target_modules": targets, "merged": cfg.merge}  # fmt: skip
+
+
+# ---- data ------------------------------------------------------------------------------------
+def split_data(cfg: FinetuneConfig) -> tuple[list[tuple[Path, str]], list[tuple[Path, list[str]]]]:
+    """(image, caption) training pairs and (image, references) validation items in ``cfg.lang``."""
+    from polycap.data.manifest import read_manifest
+
+    items = [it for it in read_manifest(cfg.data, langs=[cfg.lang]) if it.captions.get(cfg.lang)]
+    if not items:
+        raise PolycapError(f"{cfg.data} has no captions in {cfg.lang!r}")
+    val_items = [it for it in items if it.split in ("val", "validation", "dev")]
+    train_items = [it for it in items if it.split in (None, "train")]
+    if not val_items:  # hold out a seeded fraction of the training images
+        shuffled = _shuffled(train_items, random.Random(cfg.seed))
+        n_val = max(1, round(len(shuffled) * cfg.val_fraction)) if len(shuffled) > 1 else 0
+        val_items, train_items = shuffled[:n_val], shuffled[n_val:]
+    if not train_items or not val_items:
+        raise PolycapError(f"{cfg.data}: need training and validation images (split train/val), got "
+                           f"{len(train_items)} train and {len(val_items)} val")  # fmt: skip
+    if cfg.max_val_items:
+        val_items = val_items[: cfg.max_val_items]
+    train = [(it.image, c) for it in train_items for c in it.captions[cfg.lang]]
+    return train, [(it.image, it.captions[cfg.lang]) for it in val_items]
+
+
+def _shuffled(items: list, rng: random.Random) -> list:
+    items = list(items)
+    rng.shuffle(items)
+    return items
+
+
+def _images(paths: list[Path]) -> list:
+    from polycap.images import load_image
+
+    return [load_image(p) for p in paths]
+
+
+# ---- per-architecture inputs -----------------------------------------------------------------
+def _model_type(captioner) -> str:
+    return str(captioner.model.config.model_type)
+
+
+def resolve_targets(model, model_type: str, requested: list[str] | str) -> list[str]:
+    """LoRA target module names: the architecture's defaults (``auto``) or the requested ones, if present."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    wanted = (
+        TARGET_MODULES.get(model_type, ())
+        if requested == "auto"
+        else tuple([m.strip() for m in requested.split(",")] if isinstance(requested, str) else requested)
+    )
+    found = [m for m in wanted if m in names]
+    if not found:
+        raise OptionError(f"none of the LoRA target modules {list(wanted)} exist in this {model_type} model")
+    return found
+
+
+def train_inputs(captioner, images: list, captions: list[str]) -> dict[str, Any]:
+    """Model inputs with ``labels`` for one batch; padding is masked (-100) by the attention mask."""
+    import torch
+
+    fam, tok = captioner.family.prompt_mode, captioner.tokenizer
+    side, tok.padding_side = tok.padding_side, "right"
+    try:
+        if captioner.family.model_class.startswith("Blip2"):
+            enc = captioner.processor(images=images, text=[c + (tok.eos_token or "") for c in captions],
+                                      return_tensors="pt", padding=True)  # fmt: skip
+            labels = enc["input_ids"].clone()
+            labels[labels == captioner.model.config.image_token_id] = -100  # query-token placeholders
+        elif fam == "processor" or fam == "bos_prefix":  # BLIP, GIT: [CLS] caption [SEP]
+            enc = captioner.processor(images=images, text=captions, return_tensors="pt", padding=True)
+            labels = enc["input_ids"].clone()
+        else:  # encoder-decoders: the labels are the caption; the model shifts them right itself
+            if fam == "task":
+                enc = captioner.processor(images=images, text=[captioner.prompt] * len(images), return_tensors="pt")
+            else:
+                enc = {"pixel_values": captioner.image_processor(images, return_tensors="pt")["pixel_values"]}
+            ids = [_with_eos(tok(c)["input_ids"], tok.eos_token_id) for c in captions]
+            width = max(map(len, ids))
+            labels = torch.tensor([i + [-100] * (width - len(i)) for i in ids])
+            return _to(captioner, {**enc, "labels": labels})
+        labels[enc["attention_mask"] == 0] = -100
+        return _to(captioner, {**enc, "labels": labels})
+    finally:
+        tok.padding_side = side
+
+
+def _with_eos(ids: list[int], eos: int | None) -> list[int]:
+    return ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids
+
+
+def _to(captioner, batch: dict[str, Any]) -> dict[str, Any]:
+    dtype = next(captioner.model.parameters()).dtype
+    return {k: v.to(captioner.device, dtype) if v.is_floating_point() else v.to(captioner.device)
+            for k, v in dict(batch).items() if hasattr(v, "to")}  # fmt: skip
+
+
+# ---- loops -----------------------------------------------------------------------------------
+def _train_epoch(captioner, model, opt, pairs, batch_size: int, epoch: int, progress: bool) -> float:
+    from rich.progress import Progress
+
+    model.train()
+    total, n = 0.0, 0
+    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"epoch {epoch}", total=len(batches))
+        for batch in batches:
+            paths, caps = zip(*batch)
+            loss = model(**train_inputs(captioner, _images(list(paths)), list(caps))).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss.detach()) * len(batch), n + len(batch)
+            bar.update(task, advance=1, description=f"epoch {epoch} loss {total / n:.3f}")
+    return total / max(n, 1)
+
+
+def _val_loss(captioner, model, val, batch_size: int) -> float:
+    import torch
+
+    model.eval()
+    pairs = [(p, c) for p, refs in val for c in refs]
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(pairs), batch_size):
+            paths, caps = zip(*pairs[i : i + batch_size])
+            loss = model(**train_inputs(captioner, _images(list(paths)), list(caps))).loss
+            total, n = total + float(loss) * len(caps), n + len(caps)
+    return total / max(n, 1)
+
+
+def _val_cider(captioner, val, cfg: FinetuneConfig) -> float:
+    from polycap.eval.metrics.cider import cider_d
+
+    captioner.model.eval()
+    caps = captioner.caption_many([p for p, _ in val], batch_size=cfg.batch_size, lang=cfg.lang, max_new_tokens=30)
+    hyps = [_norm(c.text) for c in caps]
+    return float(cider_d(hyps, [[_norm(r) for r in refs] for _, refs in val])[0])
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+# ---- state and outputs -----------------------------------------------------------------------
+def _save_state(path: Path, model, opt, state: dict[str, Any]) -> None:
+    import torch
+
+    lora = {k: v.detach().cpu() for k, v in model.state_dict().items() if "lora_" in k}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"lora": lora, "optimizer": opt.state_dict(), "state": state}, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a broken checkpoint
+
+
+def _load_state(path: Path, model, opt) -> dict[str, Any]:
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(saved["lora"], strict=False)
+    opt.load_state_dict(saved["optimizer"])
+    return saved["state"]
+
+
+def _write_model_config(out: Path, cfg: FinetuneConfig, base_ref: str, captioner) -> None:
+    base = Path(base_ref).expanduser()
+    config = {
+        "backend": "hf",
+        "base_model": str(base.resolve()) if base.is_dir() else base_ref,
+        "adapter": "adapter",
+        "languages": [cfg.lang],
+        "prompt": captioner.prompt,
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _merge(out: Path, base_ref: str, captioner) -> None:
+    """Save base + best adapter as one plain transformers model in ``out/merged`` and point config.json at it."""
+    from polycap.backends.hf.backend import load_hf
+
+    merged = load_hf(str(out), device="cpu")  # base + best adapter, merged at load
+    merged.model.save_pretrained(out / "merged")
+    (merged.processor or merged.tokenizer).save_pretrained(out / "merged")
+    if merged.processor is None:
+        merged.image_processor.save_pretrained(out / "merged")
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config.update(base_model="merged", adapter=None)
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _require() -> tuple[Any, Any]:
+    from polycap.backends.torch_utils import require_torch
+
+    torch = require_torch()
+    try:
+        import peft
+    except ImportError as e:
+        raise MissingDependencyError("peft", "hf", "LoRA fine-tuning") from e
+    return torch, peft
