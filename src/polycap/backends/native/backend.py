@@ -116,10 +116,18 @@ class NativeCaptioner(Captioner):
         kw["max_new_tokens"] = min(kw["max_new_tokens"], self.cfg.max_length - 1)
         kw["min_new_tokens"] = min(kw["min_new_tokens"], kw["max_new_tokens"])
         seed_everything(options.seed)
-        seqs = self.model.generate(features, lang_ids, **kw)  # (n*k, T)
-        mask = self._mask(seqs)
-        memory = self.model.memory(features).repeat_interleave(k, dim=0)
-        scores = self.model.token_logprobs(memory, seqs, mask).tolist()
+        if options.num_beams == 1:
+            # Greedy and sampling: score from generate's own raw logits, no second decoder pass.
+            out = self.model.generate(features, lang_ids, return_dict_in_generate=True, output_logits=True, **kw)
+            seqs = out.sequences  # (n*k, T)
+            mask = self._mask(seqs)
+            scores = self._logit_scores(out.logits, seqs, mask).tolist()
+        else:
+            # Beam search reorders beams between steps, so re-score the finished sequences.
+            seqs = self.model.generate(features, lang_ids, **kw)  # (n*k, T)
+            mask = self._mask(seqs)
+            memory = self.model.memory(features).repeat_interleave(k, dim=0)
+            scores = self.model.token_logprobs(memory, seqs, mask).tolist()
         texts = [self.tokenizer.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(seqs, mask)]
         out = []
         for i in range(n):
@@ -134,6 +142,14 @@ class NativeCaptioner(Captioner):
                 )
             )
         return out
+
+    @staticmethod
+    def _logit_scores(logits: Sequence[torch.Tensor], seqs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean log-probability of the generated tokens, from the per-step raw logits (B, V) x T-1."""
+        logp = torch.log_softmax(torch.stack(logits, 1).float(), dim=-1)  # (B, T-1, V)
+        tok = logp.gather(-1, seqs[:, 1:, None]).squeeze(-1)  # (B, T-1)
+        m = mask[:, 1:].to(tok.dtype)
+        return (tok * m).sum(1) / m.sum(1).clamp(min=1)
 
     def _mask(self, seqs: torch.Tensor) -> torch.Tensor:
         """1 up to and including the first </s>, 0 after (generate pads finished rows)."""
