@@ -77,10 +77,13 @@ def test_early_stopping_keeps_the_best_adapter(tiny, manifest, tmp_path):
     # a huge learning rate diverges after the first epoch: patience 1 stops at epoch 2
     cfg = FinetuneConfig(model=f"hf:{tiny['git']}", data=manifest, out=tmp_path / "run", lora_r=4, epochs=6, lr=5.0,
                          batch_size=4, early_stopping_patience=1, device="cpu")  # fmt: skip
-    summary = finetune(cfg, progress=False)
+    lines: list[str] = []
+    summary = finetune(cfg, progress=False, report=lines.append)
     if summary["best_epoch"] == summary["epochs_run"]:
         pytest.skip("the diverging run happened to improve every epoch")
     assert summary["stopped_early"] and summary["epochs_run"] == summary["best_epoch"] + 1
+    assert [line.split(":")[0] for line in lines[:-1]] == [f"epoch {e}/6" for e in range(1, summary["epochs_run"] + 1)]
+    assert lines[-1].startswith("early stopping: no improvement in 1 epoch(s)") and "no improvement (1/1)" in lines[-2]
 
 
 def test_resume_continues_from_the_last_epoch(tiny, manifest, tmp_path):
