@@ -77,10 +77,13 @@ def test_early_stopping_keeps_the_best_adapter(tiny, manifest, tmp_path):
     # a huge learning rate diverges after the first epoch: patience 1 stops at epoch 2
     cfg = FinetuneConfig(model=f"hf:{tiny['git']}", data=manifest, out=tmp_path / "run", lora_r=4, epochs=6, lr=5.0,
                          batch_size=4, early_stopping_patience=1, device="cpu")  # fmt: skip
-    summary = finetune(cfg, progress=False)
+    lines: list[str] = []
+    summary = finetune(cfg, progress=False, report=lines.append)
     if summary["best_epoch"] == summary["epochs_run"]:
         pytest.skip("the diverging run happened to improve every epoch")
     assert summary["stopped_early"] and summary["epochs_run"] == summary["best_epoch"] + 1
+    assert [line.split(":")[0] for line in lines[:-1]] == [f"epoch {e}/6" for e in range(1, summary["epochs_run"] + 1)]
+    assert lines[-1].startswith("early stopping: no improvement in 1 epoch(s)") and "no improvement (1/1)" in lines[-2]
 
 
 def test_resume_continues_from_the_last_epoch(tiny, manifest, tmp_path):
@@ -129,3 +132,37 @@ def test_bad_options_are_refused(tiny, manifest, tmp_path):
                          device="cpu")  # fmt: skip
     with pytest.raises(OptionError, match="nope"):
         finetune(cfg, progress=False)
+
+
+def test_training_inputs_start_where_generation_starts_and_fit_the_model(tiny, tmp_path):
+    # real captions: BLIP must be trained from [DEC] (what generate() starts from), not the tokenizer's [CLS];
+    # captions longer than the text positions (Flickr8k has 40-word ones) are cut, not a crash
+    from polycap.backends.hf.backend import load_hf
+    from polycap.train.finetune import max_text_tokens, train_inputs
+
+    images = [Image.new("RGB", (32, 32), (200, 10, 10))] * 2
+    long = " ".join(["a red ball on the grass with a dog"] * 20)  # 180 words; the tiny models have 64 positions
+    for family in ("blip", "git", "vit-gpt2", "florence2"):
+        cap = load_hf(str(tiny[family]), device="cpu")
+        batch = train_inputs(cap, images, ["a red ball", long])
+        ids = batch.get("input_ids") if family in ("blip", "git") else batch["labels"]
+        assert ids.shape[1] <= max_text_tokens(cap.model) == 64
+        if family == "blip":
+            assert batch["input_ids"][:, 0].tolist() == [cap.model.config.text_config.bos_token_id] * 2
+        assert float(cap.model(**batch).loss) > 0
+
+
+def test_finetuned_blip_writes_the_caption_it_learned(tiny, manifest, tmp_path):
+    # one caption for every image: after training, greedy generation (from [DEC]) must reproduce it
+    data = tmp_path / "one.jsonl"
+    lines = [json.loads(x) for x in manifest.read_text().splitlines()]
+    for x in lines:
+        x["image"] = str(manifest.parent / x["image"])
+        x["captions"] = {"en": ["a dog with a ball on grass"] * 8}  # 32 pairs: 8 steps an epoch
+    data.write_text("\n".join(json.dumps(x) for x in lines))
+    cfg = FinetuneConfig(model=f"hf:{tiny['blip']}", data=data, out=tmp_path / "run", lora_r=8, lora_alpha=16,
+                         lora_dropout=0.0, epochs=12, lr=2e-2, batch_size=4, early_stopping_patience=0,
+                         device="cpu")  # fmt: skip
+    finetune(cfg, progress=False)
+    model = polycap.load(str(tmp_path / "run"), device="cpu")
+    assert model.caption(manifest.parent / "5.png", max_new_tokens=10).text == "a dog with a ball on grass"

@@ -93,7 +93,8 @@ class HFTranslator:
         if self.multilingual:
             return None
         tail = self.ref.rstrip("/").rsplit("/", 1)[-1].rsplit("-", 1)[-1]
-        return tail if tail.isalpha() and tail.islower() and len(tail) in (2, 3) else None
+        multi = tail == "mul"  # opus-mt-en-mul: many targets, chosen by a >>xxx<< token
+        return tail if tail.isalpha() and tail.islower() and len(tail) in (2, 3) and not multi else None
 
     def _lang_token(self, lang: str) -> str:
         """The vocabulary token naming ``lang``: NLLB ``deu_Latn``, M2M100 ``__de__``, Marian ``>>de<<``."""
@@ -198,9 +199,12 @@ def load_translators(
     if isinstance(translator, Mapping):
         return {lang: _one(t, device, source_lang) for lang, t in translator.items()}
     one = _one(translator, device, source_lang)
-    if target_langs:
-        return dict.fromkeys(target_langs, one)
     fixed = one.fixed_target() if isinstance(one, HFTranslator) else None
+    if target_langs:
+        wrong = [lang for lang in target_langs if fixed and lang != fixed]
+        if wrong:
+            raise OptionError(f"translator {one.name!r} translates into {fixed!r} only, not {', '.join(wrong)}")
+        return dict.fromkeys(target_langs, one)
     if not fixed:
         raise OptionError(f"translator {one.name!r} translates into many languages; say which with target_langs=[...]")
     return {fixed: one}

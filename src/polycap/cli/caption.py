@@ -51,8 +51,13 @@ def caption_cmd(
     seed: int | None = typer.Option(None, "--seed", help="Random seed (sampling)."),
     style: str | None = typer.Option(None, "--style", help="social, alt-text, detailed, hashtags or an instruction."),
     rewriter: str | None = typer.Option(None, "--rewriter", help="Rewrite --model's description with this text model."),
-    prompt: str | None = typer.Option(None, "--prompt", help="Prompt template (remote model, or the --rewriter)."),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="Prompt template (remote model, --rewriter), or caption prefix (hf: models)."
+    ),
     prompt_file: Path | None = typer.Option(None, "--prompt-file", help="Read the prompt template from a file."),
+    translator: str | None = typer.Option(
+        None, "--translator", help="Caption, then translate with this model (hf:<folder>, en-de, nllb, de=..,fr=..)."
+    ),
     base_url: str | None = typer.Option(None, "--base-url", help="openai-compatible server URL (vLLM, Ollama, ...)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the remote response cache."),
     max_side: int | None = typer.Option(None, "--max-side", min=32, help="Longest image side sent to remote APIs."),
@@ -75,8 +80,8 @@ def caption_cmd(
             raise usage_error(f"no images found in: {' '.join(inputs)}")
         model, extra = load_kwargs(
             model, prompt=prompt, prompt_file=prompt_file, base_url=base_url, no_cache=no_cache, max_side=max_side,
-            rewriter=rewriter,
-        )
+            rewriter=rewriter, translator=translator, langs=langs,
+        )  # fmt: skip
         if dtype:
             extra["dtype"] = dtype
         captioner = load_model(model, device, quiet, **extra)

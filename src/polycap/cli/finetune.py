@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from polycap.cli.app import app, usage_error
+from polycap.cli.app import app, err, usage_error
 from polycap.errors import PolycapError
 
 
@@ -41,7 +41,8 @@ def finetune_cmd(
             lora_dropout=lora_dropout, target_modules=target_modules, epochs=epochs, lr=lr, batch_size=batch_size,
             early_stopping_patience=patience, eval_metric=eval_metric, merge=merge, seed=seed, device=device,
         )  # fmt: skip
-        summary = finetune(cfg, progress=not quiet, resume=resume)
+        report = None if quiet else (lambda line: err.print(line, markup=False))
+        summary = finetune(cfg, progress=not quiet, resume=resume, report=report)
     except PolycapError as e:
         raise usage_error(str(e)) from e
     typer.echo(json.dumps(summary))

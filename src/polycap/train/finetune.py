@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,14 @@ class FinetuneConfig:
             raise OptionError("early_stopping_patience must be >= 0 (0 = never stop early)")
 
 
-def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
-    """Train LoRA adapters; keep the best epoch's adapter in ``cfg.out``. Returns a summary."""
+def finetune(
+    cfg: FinetuneConfig, progress: bool = True, resume: bool = False, report: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Train LoRA adapters; keep the best epoch's adapter in ``cfg.out``. Returns a summary.
+
+    ``report`` gets one line per epoch and one when early stopping ends the run (the CLI prints them).
+    """
+    say = report or log.info
     torch, peft = _require()
     from polycap.backends.hf.backend import load_hf
 
@@ -94,9 +101,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -
         state = _load_state(out / "last.pt", peft_model, opt)
     (out / "finetune.json").write_text(json.dumps({**asdict(cfg), "data": str(cfg.data), "out": str(out),
                                                    "target_modules": targets}, indent=2))  # fmt: skip
-    while state["epoch"] < cfg.epochs:
-        if cfg.early_stopping_patience and state["bad_epochs"] >= cfg.early_stopping_patience:
-            break
+    patience = cfg.early_stopping_patience
+    while state["epoch"] < cfg.epochs and not (patience and state["bad_epochs"] >= patience):  # (resumed runs)
         epoch = state["epoch"] + 1
         rng = random.Random(cfg.seed * 1000 + epoch)
         train_loss = _train_epoch(captioner, peft_model, opt, _shuffled(train, rng), cfg.batch_size, epoch, progress)
@@ -116,7 +122,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -
         with (out / "log.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         _save_state(out / "last.pt", peft_model, opt, state)
-        log.info("epoch %d: %s%s", epoch, record, " (best)" if improved else "")
+        say(_epoch_line(record, cfg, state, improved))
+        if patience and state["bad_epochs"] >= patience and epoch < cfg.epochs:
+            say(f"early stopping: no improvement in {patience} epoch(s); keeping epoch {state['best_epoch']}'s adapter")
     stopped_early = state["epoch"] < cfg.epochs
     _write_model_config(out, cfg, base_ref, captioner)
     if cfg.merge:
@@ -124,6 +132,12 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -
     return {"out": str(out), "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "stopped_early": stopped_early, "metric": cfg.eval_metric, "history": state["history"],
             "target_modules": targets, "merged": cfg.merge}  # fmt: skip
+
+
+def _epoch_line(record: dict[str, Any], cfg: FinetuneConfig, state: dict[str, Any], improved: bool) -> str:
+    values = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
+    verdict = "best so far" if improved else f"no improvement ({state['bad_epochs']}/{cfg.early_stopping_patience})"
+    return f"epoch {record['epoch']}/{cfg.epochs}: {values} -> {verdict}"
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -186,6 +200,7 @@ def train_inputs(captioner, images: list, captions: list[str]) -> dict[str, Any]
 
     fam, tok = captioner.family.prompt_mode, captioner.tokenizer
     side, tok.padding_side = tok.padding_side, "right"
+    cut = {"truncation": True, "max_length": max_text_tokens(captioner.model)}  # long real captions must fit
     try:
         if captioner.family.model_class.startswith("Blip2"):
             enc = captioner.processor(images=images, text=[c + (tok.eos_token or "") for c in captions],
@@ -193,14 +208,17 @@ def train_inputs(captioner, images: list, captions: list[str]) -> dict[str, Any]
             labels = enc["input_ids"].clone()
             labels[labels == captioner.model.config.image_token_id] = -100  # query-token placeholders
         elif fam == "processor" or fam == "bos_prefix":  # BLIP, GIT: [CLS] caption [SEP]
-            enc = captioner.processor(images=images, text=captions, return_tensors="pt", padding=True)
+            enc = captioner.processor(images=images, text=captions, return_tensors="pt", padding=True, **cut)
+            if fam == "processor":  # BLIP generates from [DEC] (bos), not [CLS]: train from what it generates from
+                enc["input_ids"][:, 0] = captioner.model.config.text_config.bos_token_id
             labels = enc["input_ids"].clone()
         else:  # encoder-decoders: the labels are the caption; the model shifts them right itself
             if fam == "task":
                 enc = captioner.processor(images=images, text=[captioner.prompt] * len(images), return_tensors="pt")
             else:
                 enc = {"pixel_values": captioner.image_processor(images, return_tensors="pt")["pixel_values"]}
-            ids = [_with_eos(tok(c)["input_ids"], tok.eos_token_id) for c in captions]
+            ids = [_with_eos(tok(c, truncation=True, max_length=cut["max_length"] - 1)["input_ids"], tok.eos_token_id)
+                   for c in captions]  # fmt: skip
             width = max(map(len, ids))
             labels = torch.tensor([i + [-100] * (width - len(i)) for i in ids])
             return _to(captioner, {**enc, "labels": labels})
@@ -208,6 +226,16 @@ def train_inputs(captioner, images: list, captions: list[str]) -> dict[str, Any]
         return _to(captioner, {**enc, "labels": labels})
     finally:
         tok.padding_side = side
+
+
+def max_text_tokens(model) -> int:
+    """The text positions the captioning decoder has (BLIP/Florence text_config, GIT, GPT-2 decoder); 512 if unknown."""
+    cfg = model.config
+    for sub in (getattr(cfg, "text_config", None), getattr(cfg, "decoder", None), cfg):
+        value = getattr(sub, "max_position_embeddings", None) if sub is not None else None
+        if isinstance(value, int) and value > 2:
+            return value
+    return 512
 
 
 def _with_eos(ids: list[int], eos: int | None) -> list[int]:
