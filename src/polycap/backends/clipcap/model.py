@@ -109,6 +109,7 @@ class ClipCapModel(nn.Module):
                           task_type="CAUSAL_LM")
         self.lm = get_peft_model(self.lm, lcfg)
         self.set_mode("lora")
+        self.train(self.training)  # new LoRA layers start in training mode (dropout on); keep ours
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: the trained weights only (never a frozen LM)."""
