@@ -19,8 +19,8 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, schedu
     if hasattr(model, "trainable_state_dict"):  # e.g. clipcap: adapters (+ LoRA), never a frozen LM
         weights = {k: v.cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     else:  # the lm_head is tied to the token embedding
-        state = model.state_dict()
-        weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if k != "decoder.lm_head.weight"}
+        full = model.state_dict()
+        weights = {k: v.detach().cpu().contiguous() for k, v in full.items() if k != "decoder.lm_head.weight"}
     save_file(weights, str(tmp / "model.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
