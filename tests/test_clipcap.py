@@ -24,6 +24,7 @@ from polycap.backends.clipcap.encoders import CLIPEncoder  # noqa: E402
 from polycap.backends.clipcap.model import ClipCapModel  # noqa: E402
 from polycap.backends.clipcap.tiny import build_tiny_gpt2  # noqa: E402
 from polycap.backends.native.tiny import TinyConvEncoder  # noqa: E402
+from polycap.errors import MissingDependencyError  # noqa: E402
 from polycap.train.config import load_config  # noqa: E402
 from polycap.train.data import collate  # noqa: E402
 from polycap.train.trainer import make_trainer  # noqa: E402
@@ -262,3 +263,18 @@ def test_tiny_conv_grid_encoder_builds():
     assert type(build_encoder({"name": "tiny-conv", "dim": 16, "seed": 0})) is type(enc)
     with pytest.raises(polycap.PolycapError, match="clip"):
         build_encoder({"name": "nope"})
+
+
+def test_gguf_lm_sources_fail_clearly(monkeypatch, tmp_path):
+    from polycap.backends.clipcap import lm as lm_mod
+
+    monkeypatch.setitem(lm_mod.GGUF_PACKAGES, "no-such-gguf", ("no_such_gguf_module", "gemma"))
+    with pytest.raises(MissingDependencyError, match=r"polycap\[gemma\]"):
+        lm_mod.resolve_lm(LMConfig(gguf_file="pypi:no-such-gguf"))
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        lm_mod.resolve_lm(LMConfig(gguf_file=str(tmp_path / "missing.gguf")))
+    with pytest.raises(ModelNotFoundError, match="not in"):
+        lm_mod.resolve_lm(LMConfig(path=str(tmp_path), gguf_file="model.gguf"))
+    (tmp_path / "model.gguf").write_bytes(b"")
+    spec = LMConfig(path=str(tmp_path), gguf_file="model.gguf")
+    assert lm_mod.resolve_lm(spec) == (str(tmp_path), "model.gguf", None)
