@@ -73,10 +73,10 @@ class ClipCapModel(nn.Module):
     def encode_caption(self, text: str, lang: str) -> list[int]:
         """``[lang index, caption ids..., eos]``: the lang index rides in front, like the native
         models' language token, so the shared batching code can carry it; :meth:`forward` strips it."""
-        prompt = self.cfg.prompt_for(lang)
+        prompt, text = self.cfg.prompt_for(lang), text.strip()
         if prompt and not prompt[-1].isspace():
-            text = " " + text.strip()  # "Caption: a dog", as the LM would write it after a prompt
-        ids = self._encode(text.strip() if not prompt else text)[: self.cfg.max_length - 1]
+            text = " " + text  # "Caption: a dog", as the LM would write it after a prompt
+        ids = self._encode(text)[: self.cfg.max_length - 1]
         return [self.lang_index(lang), *ids, self.eos_id]
 
     # ---- modes -------------------------------------------------------------------------------
