@@ -4,6 +4,7 @@ One run folder holds everything: the resolved config, tokenizer.json, ``checkpoi
 ``checkpoint_every`` steps and at each epoch end; ``resume`` continues from it, mid-epoch included),
 ``log.jsonl`` (one line per epoch: loss, val BLEU-4 and CIDEr per language, time) and ``best/``, a
 complete model folder (the epoch with the best mean val CIDEr) that ``polycap.load`` reads.
+``model.arch: clipcap`` runs the same loop over prefix adapters (``make_trainer``; train/clipcap.py).
 """
 
 from __future__ import annotations
