@@ -278,3 +278,14 @@ def test_gguf_lm_sources_fail_clearly(monkeypatch, tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"")
     spec = LMConfig(path=str(tmp_path), gguf_file="model.gguf")
     assert lm_mod.resolve_lm(spec) == (str(tmp_path), "model.gguf", None)
+
+
+def test_random_init_lm_keeps_architecture_and_tokenizer(parts):
+    from polycap.backends.clipcap.lm import load_lm
+
+    pre, tok = load_lm(LMConfig(path=str(parts["gpt2"])))
+    rnd, tok2 = load_lm(LMConfig(path=str(parts["gpt2"]), random_init=True, seed=1))
+    again, _ = load_lm(LMConfig(path=str(parts["gpt2"]), random_init=True, seed=1))
+    assert len(tok) == len(tok2) and type(rnd) is type(pre)
+    a, b, c = (m.get_input_embeddings().weight for m in (pre, rnd, again))
+    assert a.shape == b.shape and not torch.equal(a, b) and torch.equal(b, c)

@@ -62,6 +62,8 @@ class LMConfig:
     path: str = ""
     gguf_file: str | None = None
     dtype: str = "float32"  # GGUF weights are dequantised to this
+    random_init: bool = False  # the same architecture and tokenizer with random weights (seeded): baselines
+    seed: int = 0
 
     def describe(self) -> str:
         return f"{self.path or ''}{' / ' + self.gguf_file if self.gguf_file else ''}"

@@ -70,13 +70,24 @@ def load_lm(spec: LMConfig, base: Path | None = None) -> tuple[Any, Any]:
     if not isinstance(dtype, torch.dtype):
         raise PolycapError(f"lm.dtype {spec.dtype!r} is not a torch dtype (float32, bfloat16, float16)")
     extra: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    if spec.random_init:  # the architecture only: what does pretraining contribute?
+        from transformers import AutoConfig
+
+        cls: Any = AutoConfig
+    else:
+        cls = AutoModelForCausalLM
+        extra["dtype"] = dtype
     if source is None:  # a local GGUF file
         try:
-            tok = AutoTokenizer.from_pretrained(path, **extra)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+            tok = AutoTokenizer.from_pretrained(path, **{k: v for k, v in extra.items() if k == "gguf_file"})
+            model = cls.from_pretrained(path, **extra)
         except (OSError, ValueError) as e:
             raise PolycapError(f"could not load the GGUF LM {spec.describe()}: {e}") from e
     else:
-        tok = loading.from_pretrained(AutoTokenizer, source, **extra)
-        model = loading.from_pretrained(AutoModelForCausalLM, source, dtype=dtype, **extra)
+        tok = loading.from_pretrained(AutoTokenizer, source, **{k: v for k, v in extra.items() if k == "gguf_file"})
+        model = loading.from_pretrained(cls, source, **extra)
+    if spec.random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = AutoModelForCausalLM.from_config(model, dtype=dtype)
     return model.eval(), tok
