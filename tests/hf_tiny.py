@@ -264,3 +264,14 @@ def build_m2m100(folder: Path) -> Path:
                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
                        bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)  # fmt: skip
     return _save(folder, M2M100ForConditionalGeneration(cfg), tok)
+
+
+def build_clip_vision(folder: Path) -> Path:
+    """A tiny random CLIPVisionModelWithProjection (32x32 images, projection 24) with its processor."""
+    import torch
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION, projection_dim=24))
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return _save(folder, model, proc)

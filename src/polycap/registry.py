@@ -26,13 +26,14 @@ from polycap.errors import ModelNotFoundError, PolycapError
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "polycap.backends"
-# Used only when polycap runs from a source tree that was never installed (no entry points).
+# Loaded directly when the installed metadata lacks them (a source tree never installed, or newer than its install).
 _BUILTIN_PLUGINS = (
     "polycap.backends.native:register",
     "polycap.backends.remote:register",
     "polycap.backends.compose:register",
     "polycap.backends.hf:register",
     "polycap.backends.translate:register",
+    "polycap.backends.clipcap:register",
 )
 
 Loader = Callable[..., Any]  # loader(ref: str, *, device: str, **kwargs) -> Captioner
@@ -161,8 +162,9 @@ def discover() -> Registry:
     """Build a registry from every installed ``polycap.backends`` entry point."""
     registry = Registry()
     eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
-    if not any(ep.value.startswith("polycap.") for ep in eps):
-        for target in _BUILTIN_PLUGINS:  # uninstalled source tree: same plugins, loaded directly
+    known = {ep.value for ep in eps}
+    for target in _BUILTIN_PLUGINS:  # a source tree never installed, or newer than its install:
+        if target not in known:  # the same plugins, loaded directly
             eps.append(metadata.EntryPoint(name=target, value=target, group=ENTRY_POINT_GROUP))
     for ep in eps:
         _load_plugin(registry, ep.name, ep.load)

@@ -1,4 +1,4 @@
-"""``polycap train``: train polycap's own captioners from caption manifests."""
+"""``polycap train``: train polycap's own captioners or clipcap prefix adapters from caption manifests."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, log.jsonl, best/ model."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: --set train.epochs=5."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    langs: list[str] = typer.Option([], "--lang", help="Languages (repeatable, or en,de): data.langs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train a captioner; the best epoch (by mean val CIDEr) is saved as a model folder in OUT/best."""
@@ -25,12 +26,15 @@ def train_cmd(
     try:
         if resume and config is None and (out / "config.yaml").is_file():
             config = out / "config.yaml"  # the run's own resolved config
+        if langs:
+            codes = [x.strip() for item in langs for x in item.split(",") if x.strip()]
+            overrides = [*overrides, f"data.langs=[{','.join(codes)}]"]
         cfg = load_config(config, overrides)
         if not cfg.data.manifests:
             raise usage_error("no training data: set data.manifests in the config or --set data.manifests=[...]")
-        from polycap.train.trainer import Trainer
+        from polycap.train.trainer import make_trainer
 
-        summary = Trainer(cfg, out, progress=not quiet).run(resume=resume)
+        summary = make_trainer(cfg, out, progress=not quiet).run(resume=resume)
     except PolycapError as e:
         raise usage_error(str(e)) from e
     typer.echo(json.dumps(summary))

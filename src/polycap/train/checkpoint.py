@@ -16,7 +16,11 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, schedu
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "decoder.lm_head.weight"}
+    if hasattr(model, "trainable_state_dict"):  # e.g. clipcap: adapters (+ LoRA), never a frozen LM
+        weights = {k: v.cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    else:  # the lm_head is tied to the token embedding
+        full = model.state_dict()
+        weights = {k: v.detach().cpu().contiguous() for k, v in full.items() if k != "decoder.lm_head.weight"}
     save_file(weights, str(tmp / "model.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
@@ -31,8 +35,11 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, schedu
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict:
     state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items()}
-    model.load_state_dict(state, strict=False)
-    model.decoder.tie_weights()
+    if hasattr(model, "load_trainable_state_dict"):
+        model.load_trainable_state_dict(state)
+    else:
+        model.load_state_dict(state, strict=False)
+        model.decoder.tie_weights()
     extra = torch.load(folder / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])

@@ -72,12 +72,25 @@ class ScstConfig:
 
 
 @dataclass
+class ClipCapSection:
+    """``model.arch: clipcap``: prefix adapters over a causal LM (see docs/clipcap.md)."""
+
+    lm: dict[str, Any] = field(default_factory=lambda: {"path": "", "gguf_file": None, "dtype": "float32"})
+    mapper: dict[str, Any] = field(default_factory=dict)  # MapperConfig fields: type, prefix_length, ...
+    features: str = "pooled"  # "pooled" or "grid"
+    mode: str = "mapper"  # "mapper" (LM frozen), "lora" (+ peft LoRA on the LM), "full"
+    lora: dict[str, Any] = field(default_factory=dict)  # r, alpha, dropout, target_modules
+    prompt: str | dict[str, str] | None = None  # text after the prefix; "{language}" is filled in
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
     scst: ScstConfig = field(default_factory=ScstConfig)
+    clipcap: ClipCapSection = field(default_factory=ClipCapSection)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,4 +160,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         apply_override(data, o)
     cfg = build_config(data)
     cfg.data.manifests = [str((base / m).resolve()) if not Path(m).is_absolute() else m for m in cfg.data.manifests]
+    lm_path = cfg.clipcap.lm.get("path")
+    if lm_path and not Path(lm_path).is_absolute() and (base / lm_path).is_dir():
+        cfg.clipcap.lm["path"] = str((base / lm_path).resolve())  # a local LM folder beside the config
     return cfg

@@ -4,6 +4,7 @@ One run folder holds everything: the resolved config, tokenizer.json, ``checkpoi
 ``checkpoint_every`` steps and at each epoch end; ``resume`` continues from it, mid-epoch included),
 ``log.jsonl`` (one line per epoch: loss, val BLEU-4 and CIDEr per language, time) and ``best/``, a
 complete model folder (the epoch with the best mean val CIDEr) that ``polycap.load`` reads.
+``model.arch: clipcap`` runs the same loop over prefix adapters (``make_trainer``; train/clipcap.py).
 """
 
 from __future__ import annotations
@@ -60,14 +61,23 @@ class Trainer:
         self.device_type = "cpu"
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)
-        self.encoder = encoder if encoder is not None else build_encoder(cfg.model.encoder)
+        self.encoder = encoder if encoder is not None else self._build_encoder()
         cache = FeatureCache(Path(cfg.data.cache_dir).expanduser(), self.encoder)
         self.train_split = load_split(cfg, cache, cfg.data.train_split, progress)
         self.val_split = load_split(cfg, cache, cfg.data.val_split, progress)
         self.langs = cfg.data.langs or sorted({k for it in self.train_split.items for k in it.captions})
+        self._build_model()
+
+    # ---- what differs between architectures (ClipCapTrainer overrides these) -------------------
+    def _build_encoder(self) -> Any:
+        return build_encoder(self.cfg.model.encoder)
+
+    def _build_model(self) -> None:
+        """Set tok, ncfg, model, pad_id and pool: every (feature row, token ids) training pair."""
         self.tok = self._tokenizer()
         self.ncfg = self._native_config()
         self.model = CaptionModel(self.ncfg, self.tok.pad_id, self.tok.eos_id)
+        self.pad_id = self.tok.pad_id
         self.pool = caption_pool(
             self.train_split.items, list(range(len(self.train_split.items))), self.langs, self.tok, self.ncfg.max_length
         )
@@ -97,8 +107,9 @@ class Trainer:
 
     def _optimizer(self, lr: float | None = None, constant: bool = False):
         t = self.cfg.train
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        params = [p for p in self.model.parameters() if p.requires_grad]  # a frozen LM is not optimised
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=lr or t.lr,
@@ -193,7 +204,7 @@ class Trainer:
                 if t.max_steps is not None and state["global_step"] >= t.max_steps:
                     save_checkpoint(ckpt, self.model, opt, sched, state)
                     return None
-                rows, owner, ids, mask = collate(batches[i], self.tok.pad_id)
+                rows, owner, ids, mask = collate(batches[i], self.pad_id)
                 feats = self.train_split.features[rows].float()
                 with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=t.bf16):
                     loss = self.model(feats, ids, mask, owner=owner, label_smoothing=t.label_smoothing)
@@ -209,6 +220,9 @@ class Trainer:
                 if state["global_step"] % t.checkpoint_every == 0:
                     save_checkpoint(ckpt, self.model, opt, sched, state)
         return total / max(1, count)
+
+    def val_max_tokens(self) -> int:
+        return self.ncfg.max_length - 1
 
     def captioner(self) -> NativeCaptioner:
         return NativeCaptioner(self.ncfg, self.model, None, self.tok, "cpu")
@@ -228,7 +242,7 @@ class Trainer:
             if not rows:
                 continue
             opts = GenerationOptions(
-                lang=lang, num_beams=self.cfg.train.val_beams, max_new_tokens=self.ncfg.max_length - 1
+                lang=lang, num_beams=self.cfg.train.val_beams, max_new_tokens=self.val_max_tokens()
             )
             preds = {}
             for s in range(0, len(rows), 100):
@@ -270,3 +284,12 @@ class Trainer:
         return {"epochs": state["epoch"], "scst_epochs": state.get("scst_epoch", 0), "steps": state["global_step"],
                 "best_mean_cider": state["best"],
                 "best_epoch": state.get("best_epoch"), "out": str(self.out)}
+
+
+def make_trainer(cfg: TrainConfig, out: str | Path, progress: bool = True, encoder: Any = None) -> Trainer:
+    """The trainer for ``cfg.model.arch``: polycap's own models, or ``clipcap`` prefix adapters."""
+    if cfg.model.arch == "clipcap":
+        from polycap.train.clipcap import ClipCapTrainer
+
+        return ClipCapTrainer(cfg, out, progress=progress, encoder=encoder)
+    return Trainer(cfg, out, progress=progress, encoder=encoder)

@@ -1,0 +1,71 @@
+"""Time one training step of a clipcap adapter (the real trainer code path) and estimate an epoch.
+
+    nice -n 10 python bench/clipcap_step.py --config configs/clipcap-gemma270m.yaml --threads 2 \
+        --set data.cache_dir=/tmp/cache --images 16
+
+Builds a small manifest of ``--images`` train images (+ 4 val) of Flickr8k, a ClipCapTrainer on it
+(features from the feature cache), times ``--steps`` optimiser steps after one warm-up step and prints
+JSON: seconds per step, captions per step, mean caption tokens, and the estimated time of one epoch
+over the full train split of each language in ``data.langs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(ROOT / "configs" / "clipcap-gemma270m.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--manifest", default=str(FLICKR / "captions.jsonl"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from polycap.train.clipcap import step_seconds
+    from polycap.train.config import load_config
+    from polycap.train.trainer import make_trainer
+
+    torch.set_num_threads(args.threads)
+    lines = [json.loads(x) for x in Path(args.manifest).read_text(encoding="utf-8").splitlines()]
+    base = Path(args.manifest).parent
+    chosen = [x for x in lines if x["split"] == "train"][: args.images] + [x for x in lines if x["split"] == "val"][:4]
+    tmp = Path(tempfile.mkdtemp(prefix="clipcap-step-"))
+    small = tmp / "m.jsonl"
+    with small.open("w", encoding="utf-8") as f:
+        for x in chosen:
+            f.write(json.dumps({**x, "image": str(base / x["image"])}, ensure_ascii=False) + "\n")
+    cfg = load_config(args.config, [*args.overrides, f"data.manifests=[{small}]"])
+    start = time.perf_counter()
+    trainer = make_trainer(cfg, tmp / "run", progress=False)
+    load_s = time.perf_counter() - start
+    sec = step_seconds(trainer, steps=args.steps)
+    per_step = cfg.train.batch_size
+    lens = [len(ids) - 1 for _, ids in trainer.pool]  # caption tokens + eos (the lang index is not a token)
+    train = [x for x in lines if x["split"] == "train"]
+    full = {lang: sum(len(x["captions"].get(lang, [])) for x in train) for lang in trainer.langs}
+    out = {
+        "lm": cfg.clipcap.lm, "mode": cfg.clipcap.mode, "mapper": cfg.clipcap.mapper, "threads": args.threads,
+        "trainable_params": trainer.trainable_parameters(), "load_seconds": round(load_s, 1),
+        "seconds_per_step": round(sec, 3), "captions_per_step": per_step,
+        "prefix_length": trainer.ccfg.mapper.prefix_length, "mean_caption_tokens": round(sum(lens) / len(lens), 1),
+        "train_captions": full,
+        "epoch_hours": {k: round(v / per_step * sec / 3600, 2) for k, v in full.items()},
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

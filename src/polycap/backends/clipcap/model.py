@@ -1,0 +1,221 @@
+"""ClipCap: per-language mapping networks turn image features into a prefix a causal LM continues.
+
+The LM sees, per caption::
+
+    [<bos>]  prefix_1 .. prefix_k  prompt tokens  caption tokens  <eos>
+     (if the tokenizer adds one)   (optional)     (labels)        (label)
+
+Only caption tokens and ``<eos>`` are labels; everything else, and padding, is -100. Padding is
+found from the attention mask, never by comparing token ids (the reference code pads with id 0,
+which is GPT-2's "!", and masks the loss by id, so real "!" tokens are never learned).
+
+The LM's own ``generate(inputs_embeds=...)`` decodes (greedy, beam, sampling): it returns only new
+tokens, so the prompt is never part of a caption. Decoding stops at ``<eos>`` or a newline.
+Shapes: B captions/images, k prefix length, P context length (bos + k + prompt), T tokens, D LM width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from polycap.backends.clipcap.config import ClipCapConfig
+from polycap.backends.clipcap.mapper import build_mapper
+from polycap.errors import PolycapError, UnsupportedLanguageError
+
+
+def newline_token_ids(tok: Any) -> set[int]:
+    """Ids of the tokens a model writes for a line break (\\n, \\n\\n, ...): decoding stops on them."""
+    ids: set[int] = set()
+    for text in ("\n", "\n\n", "a\n", ".\n", "a.\n\n"):
+        for i in tok.encode(text, add_special_tokens=False):
+            if "\n" in tok.decode([i]):
+                ids.add(int(i))
+    return ids
+
+
+class ClipCapModel(nn.Module):
+    def __init__(self, cfg: ClipCapConfig, lm: nn.Module, tokenizer: Any):
+        super().__init__()
+        self.cfg, self.lm, self.tok = cfg, lm, tokenizer
+        width = lm.get_input_embeddings().weight.shape[1]
+        if cfg.lm_width and cfg.lm_width != width:
+            raise PolycapError(f"the adapters were trained for an LM of width {cfg.lm_width}; this LM has {width}")
+        cfg.lm_width = width
+        self.languages = list(cfg.languages)
+        self.adapters = nn.ModuleDict(
+            {lang: build_mapper(cfg.mapper, cfg.feature_dim, width, cfg.features) for lang in self.languages}
+        )
+        if tokenizer.eos_token_id is None:
+            raise PolycapError("the LM's tokenizer has no eos token, so captions could not end")
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
+        probe = tokenizer("a").input_ids  # does this tokenizer start sequences with <bos>?
+        bos = tokenizer.bos_token_id
+        self.bos_id = int(bos) if bos is not None and probe and probe[0] == bos else None
+        gen_eos = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
+        gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
+        self.stop_ids = sorted({self.eos_id, *map(int, gen_eos), *newline_token_ids(tokenizer)})
+        self.prompt_ids = {lang: self._encode(cfg.prompt_for(lang)) for lang in self.languages}
+        self.set_mode(cfg.mode)
+
+    # ---- tokens ------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False)) if text else []
+
+    def lang_index(self, lang: str) -> int:
+        if lang not in self.adapters:
+            raise UnsupportedLanguageError(lang, self.languages, self.cfg.name)
+        return self.languages.index(lang)
+
+    def encode_caption(self, text: str, lang: str) -> list[int]:
+        """``[lang index, caption ids..., eos]``: the lang index rides in front, like the native
+        models' language token, so the shared batching code can carry it; :meth:`forward` strips it."""
+        prompt, text = self.cfg.prompt_for(lang), text.strip()
+        if prompt and not prompt[-1].isspace():
+            text = " " + text  # "Caption: a dog", as the LM would write it after a prompt
+        ids = self._encode(text)[: self.cfg.max_length - 1]
+        return [self.lang_index(lang), *ids, self.eos_id]
+
+    # ---- modes -------------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        """Which weights train: "mapper" (LM frozen), "lora" (adapters + LoRA), "full"."""
+        self.mode = mode
+        self.lm.requires_grad_(mode == "full")
+        if mode == "lora":
+            for n, p in self.lm.named_parameters():
+                p.requires_grad_("lora_" in n)
+        self.adapters.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> ClipCapModel:
+        super().train(mode)
+        if self.mode == "mapper":
+            self.lm.eval()  # a frozen LM keeps dropout off
+        return self
+
+    def add_lora(self) -> None:
+        """Wrap the LM with fresh peft LoRA layers (``cfg.lora``) and train them with the adapters."""
+        from peft import LoraConfig, get_peft_model
+
+        c = self.cfg.lora
+        target = c.target_modules
+        if target is None:
+            from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+
+            target = None if self.lm.config.model_type in known else "all-linear"
+        lcfg = LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=target,
+                          task_type="CAUSAL_LM")
+        self.lm = get_peft_model(self.lm, lcfg)
+        self.set_mode("lora")
+        self.train(self.training)  # new LoRA layers start in training mode (dropout on); keep ours
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: the trained weights only (never a frozen LM)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        want = set(self.trainable_state_dict())
+        if set(state) != want:
+            raise PolycapError(f"checkpoint does not match the model: missing {sorted(want - set(state))[:5]}, "
+                               f"unexpected {sorted(set(state) - want)[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    # ---- the sequence the LM sees ------------------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    def prefix(self, features: torch.Tensor, lang_idx: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) features, (B,) language indices -> (B, k, D) prefixes, each by its language's mapper."""
+        dtype = self.embed(torch.zeros(1, dtype=torch.long, device=features.device)).dtype
+        out = None
+        for i in lang_idx.unique().tolist():
+            sel = (lang_idx == i).nonzero(as_tuple=True)[0]
+            p = self.adapters[self.languages[i]](features[sel].float()).to(dtype)  # (b, k, D)
+            if out is None:
+                out = p.new_zeros(features.shape[0], *p.shape[1:])
+            out = out.index_copy(0, sel, p)
+        return out
+
+    def _head(self, batch: int, device: torch.device) -> torch.Tensor:
+        """The (B, 0 or 1, D) <bos> embedding placed before the prefix."""
+        if self.bos_id is None:
+            return self.embed(torch.zeros(batch, 0, dtype=torch.long, device=device))
+        return self.embed(torch.full((batch, 1), self.bos_id, dtype=torch.long, device=device))
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        owner: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the captions. ``input_ids`` (B, 1 + T): language index, then
+        caption ids + eos, right-padded; ``attention_mask`` marks the real ones. ``features``
+        (I, N, C) may hold fewer images than captions: ``owner`` (B,) maps captions to images."""
+        if owner is not None:
+            features = features[owner]
+        lang_idx, ids, mask = input_ids[:, 0], input_ids[:, 1:], attention_mask[:, 1:]
+        b, dev = ids.shape[0], ids.device
+        # prompt + caption per row: prompts differ in length between languages
+        rows, row_labels = [], []
+        for i in range(b):
+            cap = ids[i][mask[i].bool()].tolist()
+            prompt = self.prompt_ids[self.languages[int(lang_idx[i])]]
+            rows.append(prompt + cap)
+            row_labels.append([-100] * len(prompt) + cap)
+        width = max(len(r) for r in rows)
+        tok = torch.full((b, width), self.pad_id, dtype=torch.long, device=dev)
+        tmask = torch.zeros((b, width), dtype=torch.long, device=dev)
+        labels = torch.full((b, width), -100, dtype=torch.long, device=dev)
+        for i, (r, lab) in enumerate(zip(rows, row_labels)):
+            tok[i, : len(r)] = torch.tensor(r)
+            tmask[i, : len(r)] = 1
+            labels[i, : len(lab)] = torch.tensor(lab)
+        head = torch.cat([self._head(b, dev), self.prefix(features, lang_idx)], dim=1)  # (B, P0, D)
+        embeds = torch.cat([head, self.embed(tok)], dim=1)  # (B, P0 + W, D)
+        attn = torch.cat([torch.ones(b, head.shape[1], dtype=torch.long, device=dev), tmask], dim=1)
+        labels = torch.cat([torch.full((b, head.shape[1]), -100, dtype=torch.long, device=dev), labels], dim=1)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=attn).logits  # (B, L, V)
+        return nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            labels[:, 1:].reshape(-1),  # position t predicts token t + 1
+            ignore_index=-100,
+            label_smoothing=label_smoothing,
+        )
+
+    def context(self, features: torch.Tensor, lang: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """What generation starts from, for one language: (B, P, D) embeddings and (B, P) mask."""
+        b, dev = features.shape[0], features.device
+        idx = torch.full((b,), self.lang_index(lang), dtype=torch.long, device=dev)
+        prompt = torch.tensor([self.prompt_ids[lang]], dtype=torch.long, device=dev).expand(b, -1)
+        embeds = torch.cat([self._head(b, dev), self.prefix(features, idx), self.embed(prompt)], dim=1)
+        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=dev)
+
+    def generate(self, features: torch.Tensor, lang: str, **generate_kwargs: Any) -> torch.Tensor:
+        """(B * num_return_sequences, T) new token ids; finished rows are padded with pad_id."""
+        from transformers import GenerationConfig
+
+        embeds, attn = self.context(features, lang)
+        gen = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id, **generate_kwargs)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen)
+
+    def sequence_mask(self, seqs: torch.Tensor) -> torch.Tensor:
+        """1 up to and including the first stop token (eos or newline), 0 after."""
+        stop = torch.isin(seqs, torch.tensor(self.stop_ids, device=seqs.device)).int()
+        after = (stop.cumsum(1) - stop) > 0
+        return (~after).long()
+
+    def token_logprobs(
+        self, embeds: torch.Tensor, attn: torch.Tensor, seqs: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean log-probability of each sequence's tokens (where ``mask``) after its context."""
+        full = torch.cat([embeds, self.embed(seqs)], dim=1)
+        logits = self.lm(inputs_embeds=full, attention_mask=torch.cat([attn, mask], dim=1)).logits
+        p = embeds.shape[1]
+        logp = torch.log_softmax(logits[:, p - 1 : -1].float(), dim=-1)  # (B, T, V): predicts seqs
+        tok = logp.gather(-1, seqs[:, :, None]).squeeze(-1)
+        m = mask.to(tok.dtype)
+        return (tok * m).sum(1) / m.sum(1).clamp(min=1)
