@@ -179,8 +179,9 @@ class PolycapRunner:
         inner = cap.model.generate
 
         def recording_generate(*a: Any, **kw: Any) -> Any:
-            self._seqs = inner(*a, **kw)
-            return self._seqs
+            out = inner(*a, **kw)  # a tensor, or a ModelOutput when scores come from generate's logits
+            self._seqs = out if isinstance(out, torch.Tensor) else out.sequences
+            return out
 
         cap.model.generate = recording_generate
 
@@ -305,8 +306,9 @@ class HFRunner:
         inner = model.generate
 
         def recording_generate(*a: Any, **kw: Any) -> Any:
-            self._seqs = inner(*a, **kw)
-            return self._seqs
+            out = inner(*a, **kw)  # a tensor, or a ModelOutput when scores come from generate's logits
+            self._seqs = out if isinstance(out, torch.Tensor) else out.sequences
+            return out
 
         model.generate = recording_generate
 
@@ -326,7 +328,7 @@ class HFRunner:
         opts = GenerationOptions(num_beams=num_beams, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
         caps = self.cap.caption_batch(list(images), opts)
         assert len(caps) == len(images) and all(c.ok for c in caps)
-        return new_token_counts(self._seqs.sequences, 1, self.eos_id)  # prompt: the one start token
+        return new_token_counts(self._seqs, 1, self.eos_id)  # prompt: the one start token
 
 
 class GitRunner(HFRunner):
