@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
-from polycap.backends.base import Capabilities, Captioner
+from polycap.backends.base import Capabilities
 from polycap.backends.clipcap.config import ClipCapConfig
 from polycap.backends.clipcap.encoders import build_encoder
 from polycap.backends.clipcap.lm import load_lm
 from polycap.backends.clipcap.model import ClipCapModel
+from polycap.backends.feature_captioner import FeatureCaptioner
 from polycap.backends.torch_utils import generate_kwargs, resolve_device, seed_everything
 from polycap.errors import PolycapError
 from polycap.types import Alternative, Caption, GenerationOptions
 
 
-class ClipCapCaptioner(Captioner):
+class ClipCapCaptioner(FeatureCaptioner):
     def __init__(self, model: ClipCapModel, encoder: torch.nn.Module | None, device: str = "cpu"):
         cfg = model.cfg
         super().__init__(cfg.name, Capabilities(languages=tuple(cfg.languages), beam_search=True, sampling=True))
@@ -69,22 +68,6 @@ class ClipCapCaptioner(Captioner):
         cfg.save(folder)
 
     # ---- the contract ------------------------------------------------------------------------
-    def caption_batch(self, images: Sequence[Image.Image], options: GenerationOptions) -> list[Caption]:
-        return self.caption_features(self.encode(images), options)
-
-    def caption_batch_langs(
-        self, images: Sequence[Image.Image], per_lang: Sequence[GenerationOptions]
-    ) -> list[list[Caption]]:
-        features = self.encode(images)  # once, whatever the number of languages
-        return [self.caption_features(features, opts) for opts in per_lang]
-
-    @torch.inference_mode()
-    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB images -> (B, N, C) encoder features."""
-        if self.encoder is None:
-            raise PolycapError(f"model {self.name!r} was built without an image encoder")
-        return self.encoder(self.encoder.preprocess(list(images)).to(self.device))
-
     @torch.inference_mode()
     def caption_features(self, features: torch.Tensor, options: GenerationOptions) -> list[Caption]:
         """Caption precomputed features (B, N, C) in ``options.lang``; evaluation and training use it."""

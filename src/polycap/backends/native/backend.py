@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
-from polycap.backends.base import Capabilities, Captioner
+from polycap.backends.base import Capabilities
+from polycap.backends.feature_captioner import FeatureCaptioner
 from polycap.backends.native.config import NativeConfig
 from polycap.backends.native.model import CaptionModel
 from polycap.backends.native.tokenizer import CaptionTokenizer
@@ -32,7 +32,7 @@ def build_encoder(spec: dict[str, Any]) -> torch.nn.Module:
     raise PolycapError(f"unknown encoder {name!r}; known: efficientnet-lite2, tiny-conv")
 
 
-class NativeCaptioner(Captioner):
+class NativeCaptioner(FeatureCaptioner):
     def __init__(
         self,
         cfg: NativeConfig,
@@ -88,22 +88,6 @@ class NativeCaptioner(Captioner):
         self.tokenizer.save(folder)
 
     # ---- the contract ----------------------------------------------------------------------
-    def caption_batch(self, images: Sequence[Image.Image], options: GenerationOptions) -> list[Caption]:
-        return self.caption_features(self.encode(images), options)
-
-    def caption_batch_langs(
-        self, images: Sequence[Image.Image], per_lang: Sequence[GenerationOptions]
-    ) -> list[list[Caption]]:
-        features = self.encode(images)  # once, whatever the number of languages
-        return [self.caption_features(features, opts) for opts in per_lang]
-
-    @torch.inference_mode()
-    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB images -> (B, N, C) encoder grid."""
-        if self.encoder is None:
-            raise PolycapError(f"model {self.name!r} was built without an image encoder")
-        return self.encoder(self.encoder.preprocess(list(images)).to(self.device))
-
     @torch.inference_mode()
     def caption_features(self, features: torch.Tensor, options: GenerationOptions) -> list[Caption]:
         """Caption precomputed encoder grids (B, N, C): evaluation and training reuse this."""
