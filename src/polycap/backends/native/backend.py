@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from polycap.backends.base import Capabilities
 from polycap.backends.feature_captioner import FeatureCaptioner
 from polycap.backends.native.config import NativeConfig
-from polycap.backends.native.model import CaptionModel
+from polycap.backends.native.model import CaptionModel, mean_token_logprob
 from polycap.backends.native.tokenizer import CaptionTokenizer
 from polycap.backends.torch_utils import generate_kwargs, resolve_device, seed_everything
 from polycap.errors import PolycapError
@@ -105,7 +104,7 @@ class NativeCaptioner(FeatureCaptioner):
             out = self.model.generate(features, lang_ids, return_dict_in_generate=True, output_logits=True, **kw)
             seqs = out.sequences  # (n*k, T)
             mask = self._mask(seqs)
-            scores = self._logit_scores(out.logits, seqs, mask).tolist()
+            scores = mean_token_logprob(torch.stack(out.logits, 1), seqs, mask).tolist()  # logits (B, T-1, V)
         else:
             # Beam search reorders beams between steps, so re-score the finished sequences.
             seqs = self.model.generate(features, lang_ids, **kw)  # (n*k, T)
@@ -126,14 +125,6 @@ class NativeCaptioner(FeatureCaptioner):
                 )
             )
         return out
-
-    @staticmethod
-    def _logit_scores(logits: Sequence[torch.Tensor], seqs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean log-probability of the generated tokens, from the per-step raw logits (B, V) x T-1."""
-        logp = torch.log_softmax(torch.stack(logits, 1).float(), dim=-1)  # (B, T-1, V)
-        tok = logp.gather(-1, seqs[:, 1:, None]).squeeze(-1)  # (B, T-1)
-        m = mask[:, 1:].to(tok.dtype)
-        return (tok * m).sum(1) / m.sum(1).clamp(min=1)
 
     def _mask(self, seqs: torch.Tensor) -> torch.Tensor:
         """1 up to and including the first </s>, 0 after (generate pads finished rows)."""

@@ -67,10 +67,7 @@ class CaptionModel(nn.Module):
         logits = self.decoder(
             input_ids=sequences, attention_mask=mask, encoder_hidden_states=memory
         ).logits  # (B, T, V)
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        tok = logp.gather(-1, sequences[:, 1:, None]).squeeze(-1)  # (B, T-1)
-        m = mask[:, 1:].to(tok.dtype)
-        return (tok * m).sum(1) / m.sum(1).clamp(min=1)
+        return mean_token_logprob(logits[:, :-1], sequences, mask)
 
     def generate(self, features: torch.Tensor, lang_ids: torch.Tensor, **generate_kwargs) -> torch.Tensor:
         """Decode captions; returns (B * num_return_sequences, T) ids starting with the lang token."""
@@ -82,6 +79,15 @@ class CaptionModel(nn.Module):
             encoder_hidden_states=memory,
             **generate_kwargs,
         )
+
+
+def mean_token_logprob(logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean log-probability of tokens 1..T of ``sequences`` (B, T) given ``logits`` (B, T-1, V) that
+    predict them; ``mask`` (B, T) marks real tokens."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tok = logp.gather(-1, sequences[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    m = mask[:, 1:].to(tok.dtype)
+    return (tok * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def _build_decoder(cfg: NativeConfig, pad_id: int, eos_id: int) -> nn.Module:
