@@ -113,6 +113,25 @@ def test_lstm_baseline_arch_trains_and_decodes(manifest, tmp_path):
     assert cap.ok and len(cap.alternatives) == 2 and model.cfg.arch == "lstm"
 
 
+def test_lstm_last_only_logits_equal_the_full_forward():
+    from polycap.backends.native.lstm import LSTMDecoder, LSTMDecoderConfig
+
+    torch.manual_seed(0)
+    dec = LSTMDecoder(LSTMDecoderConfig(vocab_size=50, d_model=16, pad_token_id=1, eos_token_id=2)).eval()
+    ids, memory = torch.randint(0, 50, (3, 7)), torch.randn(3, 5, 16)
+    full = dec(ids, encoder_hidden_states=memory).logits
+    last = dec(ids, encoder_hidden_states=memory, last_only=True).logits
+    assert last.shape == (3, 1, 50) and torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
+    greedy = dec.generate(ids[:, :1], attention_mask=torch.ones_like(ids[:, :1]), encoder_hidden_states=memory,
+                          max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=False)
+    step_by_step = ids[:, :1]
+    for _ in range(6):  # argmax of the full forward, one token at a time (</s> barred, as min_new_tokens does)
+        logits = dec(step_by_step, encoder_hidden_states=memory).logits[:, -1]
+        nxt = logits.index_fill(1, torch.tensor([2]), -float("inf")).argmax(-1, keepdim=True)
+        step_by_step = torch.cat([step_by_step, nxt], 1)
+    assert torch.equal(greedy, step_by_step)
+
+
 def test_config_errors_name_the_problem(tmp_path):
     from polycap.errors import PolycapError
 
@@ -151,6 +170,33 @@ def test_scst_phase_runs_from_best_xe_and_logs_rewards(manifest, tmp_path):
     assert log[1]["reward"] >= 0 and "baseline" in log[1]
     assert summary["scst_epochs"] == 1
     assert (run / "best-xe" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()
+
+
+def test_scst_beam_mode_with_mean_baseline_runs_and_advantages_sum_to_zero(manifest, tmp_path):
+    from polycap.train.scst import leave_one_out_baseline
+
+    r = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0])  # two images, K=3
+    base = leave_one_out_baseline(r, 3)
+    assert base.tolist() == [2.5, 2.0, 1.5, 3.0, 3.0, 0.0]
+    assert (r - base).view(2, 3).sum(1).abs().max() < 1e-6  # each image's advantages sum to zero
+    run = tmp_path / "beam"
+    cfg = _cfg(manifest, tmp_path / "cache", "train.epochs=1", "scst.epochs=1", "scst.langs=[en]",
+               "scst.batch_size=8", "scst.samples=3", "scst.mode=beam", "scst.baseline=mean")
+    Trainer(cfg, run, progress=False).run()
+    scst = _log(run)[-1]
+    assert scst["phase"] == "scst" and scst["reward"] >= 0
+    assert scst["baseline"] == pytest.approx(scst["reward"], abs=1e-6)  # the LOO mean of K rewards = their mean
+
+
+def test_scst_options_are_checked():
+    from polycap.errors import PolycapError
+
+    with pytest.raises(PolycapError, match="scst.mode must be one of sample, beam"):
+        load_config(None, ["scst.mode=topk"])
+    with pytest.raises(PolycapError, match="scst.baseline"):
+        load_config(None, ["scst.baseline=max"])
+    with pytest.raises(PolycapError, match="samples >= 2"):
+        load_config(None, ["scst.baseline=mean", "scst.samples=1"])
 
 
 def test_set_parses_exponent_numbers():

@@ -69,6 +69,11 @@ class ScstConfig:
     samples: int = 5
     batch_size: int = 32
     langs: list[str] = field(default_factory=lambda: ["en", "de", "ar"])
+    # "sample": K captions sampled from the model; "beam": the K beams of beam search (as in M2 Transformer).
+    mode: str = "sample"
+    # "greedy": the greedy caption's reward (Rennie et al. 2017); "mean": the mean reward of the other
+    # K-1 captions of the same image (Luo 2020), which needs no extra decode.
+    baseline: str = "greedy"
 
 
 @dataclass
@@ -140,7 +145,14 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
         if bad:
             raise PolycapError(f"unknown key(s) in {name}: {', '.join(bad)}; known: {', '.join(sorted(known))}")
         sections[name] = cls(**values)
-    return TrainConfig(**sections)
+    cfg = TrainConfig(**sections)
+    for key, value, choices in (("scst.mode", cfg.scst.mode, ("sample", "beam")),
+                                ("scst.baseline", cfg.scst.baseline, ("greedy", "mean"))):
+        if value not in choices:
+            raise PolycapError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    if cfg.scst.baseline == "mean" and cfg.scst.samples < 2:
+        raise PolycapError(f"scst.baseline=mean needs scst.samples >= 2; got {cfg.scst.samples}")
+    return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -1,8 +1,12 @@
 """Self-critical sequence training (Rennie et al. 2017): optimise CIDEr-D directly.
 
-For each image: K captions are sampled with ``generate(do_sample=True)`` and the greedy caption
-is the baseline; the advantage CIDEr-D(sample) - CIDEr-D(greedy) weights the sample's
-log-probability. Document frequencies come from the training references (fixed, as in the
+For each image the model produces K captions, either sampled (``mode: sample``,
+``generate(do_sample=True)``) or the K beams of beam search (``mode: beam``, as in the M2 Transformer
+recipe). Each caption's advantage, CIDEr-D(caption) - baseline, weights its log-probability. The
+baseline is the greedy caption's reward (``baseline: greedy``, Rennie et al. 2017) or the mean
+reward of the image's other K-1 captions (``baseline: mean``, Luo 2020: no extra decode, and the
+advantages of an image sum to zero, so a label-smoothed model whose samples all score below its
+greedy caption still gets a signal). Document frequencies come from the training references (fixed, as in the
 usual recipe), and the n-gram vectors of every training reference are computed once.
 """
 
@@ -54,7 +58,14 @@ def scst_batches(keys_by_lang: dict[str, list[int]], batch_size: int, seed: int)
     return batches
 
 
-def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples: int, opt) -> dict[str, float]:
+def leave_one_out_baseline(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """(I*K,) rewards, K per image -> each one's baseline: the mean of its image's other K-1 rewards."""
+    r = rewards.view(-1, k)
+    return ((r.sum(1, keepdim=True) - r) / (k - 1)).reshape(-1)
+
+
+def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples: int, opt,
+              mode: str = "sample", baseline: str = "greedy") -> dict[str, float]:
     """One policy-gradient step on the images ``rows`` in ``lang``; returns reward statistics."""
     model, tok = trainer.model, trainer.tok
     items = trainer.train_split.items
@@ -63,17 +74,26 @@ def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples:
     max_new = trainer.ncfg.max_length - 1
     lang_ids = torch.full((len(rows),), tok.lang_id(lang))
     model.eval()  # no dropout: the sampled policy and the trained one are the same
-    with torch.no_grad():
-        greedy = model.generate(feats, lang_ids, max_new_tokens=max_new, num_beams=1, do_sample=False)
-        sampled = model.generate(feats, lang_ids, max_new_tokens=max_new, do_sample=True, top_k=0,
-                                 num_return_sequences=samples)
     cap = trainer.captioner()
-    g_mask, s_mask = cap._mask(greedy), cap._mask(sampled)
-    g_text = [tok.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(greedy, g_mask)]
-    s_text = [tok.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(sampled, s_mask)]
-    base = reward(g_text, keys)
-    r = reward(s_text, [k for k in keys for _ in range(samples)])
-    adv = torch.tensor(r) - torch.tensor(base).repeat_interleave(samples)  # (I*K,)
+
+    def texts(seqs: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        return [tok.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(seqs, mask)]
+
+    with torch.no_grad():
+        if mode == "beam":
+            sampled = model.generate(feats, lang_ids, max_new_tokens=max_new, num_beams=samples,
+                                     num_return_sequences=samples, do_sample=False)
+        else:
+            sampled = model.generate(feats, lang_ids, max_new_tokens=max_new, do_sample=True, top_k=0,
+                                     num_return_sequences=samples)
+        s_mask = cap._mask(sampled)
+        r = torch.tensor(reward(texts(sampled, s_mask), [k for k in keys for _ in range(samples)]))
+        if baseline == "mean":
+            base = leave_one_out_baseline(r, samples)
+        else:
+            greedy = model.generate(feats, lang_ids, max_new_tokens=max_new, num_beams=1, do_sample=False)
+            base = torch.tensor(reward(texts(greedy, cap._mask(greedy)), keys)).repeat_interleave(samples)
+    adv = r - base  # (I*K,)
     memory = model.memory(feats).repeat_interleave(samples, dim=0)
     logits = model.decoder(input_ids=sampled, attention_mask=s_mask, encoder_hidden_states=memory).logits
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, sampled[:, 1:, None]).squeeze(-1)
@@ -83,7 +103,7 @@ def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.cfg.train.grad_clip)
     opt.step()
-    return {"reward": sum(r) / len(r), "baseline": sum(base) / len(base), "loss": loss.item()}
+    return {"reward": r.mean().item(), "baseline": base.mean().item(), "loss": loss.item()}
 
 
 def mean(values: list[float]) -> float:

@@ -154,6 +154,8 @@ class Trainer:
 
     # ---- self-critical sequence training ------------------------------------------------------
     def _run_scst(self, state, ckpt, opt, sched) -> None:
+        from rich.progress import Progress
+
         from polycap.eval.evaluate import references_for
         from polycap.train.scst import CiderReward, mean, scst_batches, scst_step
 
@@ -172,12 +174,17 @@ class Trainer:
             start = time.time()
             batches = scst_batches(rows, s.batch_size, self.cfg.train.seed * 1000 + 777 + state["scst_epoch"])
             stats = []
-            for i in range(state["step_in_epoch"], len(batches)):
-                lang, chunk = batches[i]
-                stats.append(scst_step(self, lang, chunk, rewards[lang], s.samples, opt))
-                state.update(step_in_epoch=i + 1, global_step=state["global_step"] + 1)
-                if state["global_step"] % self.cfg.train.checkpoint_every == 0:
-                    save_checkpoint(ckpt, self.model, opt, sched, state)
+            with Progress(disable=not self.progress, transient=True) as bar:
+                task = bar.add_task(f"scst epoch {state['scst_epoch'] + 1}", total=len(batches),
+                                    completed=state["step_in_epoch"])
+                for i in range(state["step_in_epoch"], len(batches)):
+                    lang, chunk = batches[i]
+                    stats.append(scst_step(self, lang, chunk, rewards[lang], s.samples, opt, s.mode, s.baseline))
+                    state.update(step_in_epoch=i + 1, global_step=state["global_step"] + 1)
+                    bar.update(task, advance=1, description=f"scst epoch {state['scst_epoch'] + 1} "
+                               f"reward {mean([x['reward'] for x in stats[-50:]]):.3f}")
+                    if state["global_step"] % self.cfg.train.checkpoint_every == 0:
+                        save_checkpoint(ckpt, self.model, opt, sched, state)
             metrics = self.validate()
             state["scst_epoch"] += 1
             extra = {"phase": "scst", "scst_epoch": state["scst_epoch"],

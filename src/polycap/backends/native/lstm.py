@@ -2,7 +2,8 @@
 
 It is a transformers ``PreTrainedModel`` with ``GenerationMixin`` so that ``generate()`` decodes it
 (greedy, beam, sampling) exactly like the transformer decoder. It keeps no KV cache: each step
-re-reads the prefix, which costs O(T^2) LSTM steps, negligible at caption lengths.
+re-reads the prefix, which costs O(T^2) LSTM steps, negligible at caption lengths; the output layer
+(d x vocab, the expensive part) runs on the last position only while generating.
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ class LSTMDecoder(PreTrainedModel, GenerationMixin):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
+        last_only: bool = False,
         **kwargs,
     ) -> CausalLMOutput:
         b, n, d = input_ids.shape[0], self.config.n_layer, self.config.d_model
         pooled = encoder_hidden_states.mean(1)  # (B, D): Show and Tell sees the image once
         state = torch.tanh(self.init_state(pooled)).view(b, 2, n, d).permute(1, 2, 0, 3).contiguous()
         out, _ = self.lstm(self.drop(self.embed(input_ids)), (state[0], state[1]))  # (B, T, D)
+        if last_only:  # generate() reads the last position's logits only
+            out = out[:, -1:]
         return CausalLMOutput(logits=self.head(self.drop(out)))
 
     def prepare_inputs_for_generation(self, input_ids, encoder_hidden_states=None, attention_mask=None, **kwargs):
@@ -57,4 +61,5 @@ class LSTMDecoder(PreTrainedModel, GenerationMixin):
             "input_ids": input_ids,  # no cache: the whole prefix every step
             "encoder_hidden_states": encoder_hidden_states,
             "attention_mask": attention_mask,
+            "last_only": True,
         }
