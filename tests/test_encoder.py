@@ -117,3 +117,15 @@ def test_timm_parity(encoder: EfficientNetLite2Encoder, dog_photos: list[Path]) 
     with torch.no_grad():
         diff = (reference(x) - encoder.classify(x)).abs().max().item()
     assert diff < 1e-4
+
+
+def test_fused_inference_encoder_computes_the_same_features(encoder, dog_photos: list[Path]) -> None:
+    """BN folded into the convs + channels-last: the same function, to float32 rounding."""
+    fused = EfficientNetLite2Encoder.from_pretrained().fuse_for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())  # the fixture is untouched
+    x = encoder.preprocess([Image.open(p) for p in dog_photos])
+    ref, out = encoder(x), fused(x)
+    assert out.shape == ref.shape == (3, 81, 1280) and out.is_contiguous()
+    assert (out - ref).abs().max().item() < 1e-3  # float16 cache storage rounds values near 6 by 3e-3
+    assert torch.equal(fused.classify(x).argmax(-1), encoder.classify(x).argmax(-1))

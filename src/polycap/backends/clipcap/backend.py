@@ -44,7 +44,7 @@ class ClipCapCaptioner(FeatureCaptioner):
             if not path.is_file():
                 raise PolycapError(f"{folder} has no adapter for {lang!r} ({path.name} missing in adapters/)")
             model.adapters[lang].load_state_dict(load_file(str(path)))
-        enc = encoder if encoder is not None else build_encoder(cfg.encoder)
+        enc = encoder if encoder is not None else build_encoder(cfg.encoder, inference=True)
         return cls(model, enc, resolve_device(device))
 
     def save(self, folder: str | Path, half: bool = False) -> None:

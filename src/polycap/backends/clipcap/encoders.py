@@ -62,7 +62,7 @@ class CLIPEncoder(nn.Module):
         return out.last_hidden_state.float()  # (B, 1 + patches, H)
 
 
-def build_encoder(spec: dict[str, Any]) -> nn.Module:
+def build_encoder(spec: dict[str, Any], inference: bool = False) -> nn.Module:
     """Encoders by name; weights come from installed packages or local/cached folders."""
     if spec.get("name") == "clip":
         if not spec.get("path"):
@@ -71,7 +71,7 @@ def build_encoder(spec: dict[str, Any]) -> nn.Module:
     from polycap.backends.native.backend import build_encoder as native_encoder
 
     try:
-        return native_encoder(spec)
+        return native_encoder(spec, inference=inference)
     except PolycapError as e:
         raise PolycapError(f"{e}, clip") from None
 

@@ -90,6 +90,31 @@ class EfficientNetLite2Encoder(nn.Module):
         net.load_state_dict(state, strict=True)
         return cls(net)
 
+    def fuse_for_inference(self) -> EfficientNetLite2Encoder:
+        """Fold every BatchNorm into the conv before it and switch to channels-last memory (in place).
+
+        For inference only: the folded network computes the same function (features agree within
+        ~3e-5 of values up to 6, below the float16 rounding of cached features, see
+        ``tests/test_encoder.py``) with fewer passes over memory, and oneDNN's depthwise convolutions
+        are faster channels-last on CPU (``bench/speed.py`` measures the whole captioner). Training
+        extracts features with the unfused network, exactly as the weights define it.
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        net = self.net
+        pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+        pairs += [(b, c, n) for b in net._blocks
+                  for c, n in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+                  if hasattr(b, c)]
+        for owner, conv, bn in pairs:
+            if isinstance(getattr(owner, bn), nn.BatchNorm2d):
+                setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+                setattr(owner, bn, nn.Identity())
+        self.net.requires_grad_(False)
+        self.net.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
     def train(self, mode: bool = True) -> EfficientNetLite2Encoder:
         """Stay in eval mode whatever a parent module asks: BatchNorm must keep its ImageNet stats."""
         return super().train(False)
@@ -133,6 +158,8 @@ class EfficientNetLite2Encoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Spatial feature grid (B, N=81, C=1280), positions in row-major order."""
         self._check(pixels)
+        if getattr(self, "channels_last", False):
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         fmap = self.net.extract_features(pixels)  # (B, 1280, 9, 9)
         return fmap.flatten(2).transpose(1, 2).contiguous()  # (B, 81, 1280)
 
