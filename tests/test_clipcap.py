@@ -146,6 +146,14 @@ def test_loss_masks_padding_only(parts):
     n1, n2 = len(short) - 1, len(long_) - 1
     one = [m(feats, *collate([Unit(0, [c])], m.pad_id)[2:]) for c in (short, long_)]
     assert loss.item() == pytest.approx((one[0].item() * n1 + one[1].item() * n2) / (n1 + n2), rel=1e-4)
+    # the output layer on caption positions only (logits_to_keep) gives the loss of the full logits
+    assert m._keeps_logits
+    m.__dict__["_keeps_logits"] = False
+    try:
+        full = m(feats, ids, mask, owner=owner, label_smoothing=0.1)
+    finally:
+        del m.__dict__["_keeps_logits"]
+    assert m(feats, ids, mask, owner=owner, label_smoothing=0.1).item() == pytest.approx(full.item(), rel=1e-5)
 
 
 def test_caption_with_bang_and_comma_is_learned(parts, photo_dir):

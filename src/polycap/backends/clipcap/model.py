@@ -16,6 +16,8 @@ Shapes: B captions/images, k prefix length, P context length (bos + k + prompt),
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -178,13 +180,26 @@ class ClipCapModel(nn.Module):
         embeds = torch.cat([head, self.embed(tok)], dim=1)  # (B, P0 + W, D)
         attn = torch.cat([torch.ones(b, head.shape[1], dtype=torch.long, device=dev), tmask], dim=1)
         labels = torch.cat([torch.full((b, head.shape[1]), -100, dtype=torch.long, device=dev), labels], dim=1)
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        if self._keeps_logits:  # the output layer runs only where a caption token is predicted
+            keep = torch.cat([targets != -100, torch.zeros(b, 1, dtype=torch.bool, device=dev)], dim=1)
+            logits = self.lm(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep).logits  # (K, V)
+            return nn.functional.cross_entropy(logits.float(), targets[targets != -100],
+                                               label_smoothing=label_smoothing)
         logits = self.lm(inputs_embeds=embeds, attention_mask=attn).logits  # (B, L, V)
         return nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-            labels[:, 1:].reshape(-1),  # position t predicts token t + 1
+            targets.reshape(-1),
             ignore_index=-100,
             label_smoothing=label_smoothing,
         )
+
+    @functools.cached_property
+    def _keeps_logits(self) -> bool:
+        """Whether the LM's forward takes ``logits_to_keep``: transformers' causal LMs do, and since
+        transformers 5 they accept the boolean (B, L) mask form used here."""
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def context(self, features: torch.Tensor, lang: str) -> tuple[torch.Tensor, torch.Tensor]:
         """What generation starts from, for one language: (B, P, D) embeddings and (B, P) mask."""
