@@ -7,6 +7,8 @@ PIL ("slow") image processor, then ``save_pretrained``s all of it into ``folder`
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 WORDS = [
@@ -15,6 +17,35 @@ WORDS = [
 ]
 SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 VISION = {**SMALL, "image_size": 32, "patch_size": 8}
+
+
+@contextlib.contextmanager
+def offline_registry(*plugins: str) -> Iterator:
+    """For a test module: HF_HUB_OFFLINE=1, one torch thread, and the registry with the ``hf`` plugin
+    (plus ``plugins``, e.g. "translate") registered even when installed entry points predate them.
+    Everything is restored afterwards, as other test modules expect."""
+    import importlib
+
+    import pytest
+    import torch
+
+    from polycap.registry import get_registry
+
+    offline = pytest.MonkeyPatch()
+    offline.setenv("HF_HUB_OFFLINE", "1")  # never touch the hub from these tests
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
+    registry = get_registry()
+    before = (dict(registry.backends), dict(registry.models))
+    for name, module in [("hf", "polycap.backends.hf"), *((p, f"polycap.backends.{p}") for p in plugins)]:
+        if name not in registry.backends:
+            importlib.import_module(module).register(registry)
+    try:
+        yield registry
+    finally:
+        registry.backends, registry.models = before
+        torch.set_num_threads(threads)
+        offline.undo()
 
 
 def word_tokenizer(specials: list[str], template: tuple[str, ...] = (), **special_kwargs):

@@ -33,24 +33,8 @@ FAMILIES = list(hf_tiny.BUILDERS)
 
 @pytest.fixture(scope="module", autouse=True)
 def hf_registered():
-    """Register the hf plugin even when the installed entry points predate it."""
-    import torch
-
-    from polycap.backends.hf import register
-    from polycap.registry import get_registry
-
-    offline = pytest.MonkeyPatch()
-    offline.setenv("HF_HUB_OFFLINE", "1")  # never touch the hub from these tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
-    registry = get_registry()
-    before = (dict(registry.backends), dict(registry.models))
-    if "hf" not in registry.backends:
-        register(registry)
-    yield registry
-    registry.backends, registry.models = before  # leave the process-wide registry as other test modules expect
-    torch.set_num_threads(threads)
-    offline.undo()
+    with hf_tiny.offline_registry() as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")

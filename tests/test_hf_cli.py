@@ -18,26 +18,8 @@ from polycap.cli import main  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    import torch
-
-    from polycap.backends import translate
-    from polycap.backends.hf import register
-    from polycap.registry import get_registry
-
-    offline = pytest.MonkeyPatch()
-    offline.setenv("HF_HUB_OFFLINE", "1")  # never touch the hub from these tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    registry = get_registry()
-    before = (dict(registry.backends), dict(registry.models))
-    if "hf" not in registry.backends:
-        register(registry)
-    if "translate" not in registry.backends:
-        translate.register(registry)
-    yield registry
-    registry.backends, registry.models = before
-    torch.set_num_threads(threads)
-    offline.undo()
+    with hf_tiny.offline_registry("translate") as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")

@@ -41,26 +41,8 @@ class Shout:
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    import torch
-
-    from polycap.backends import translate
-    from polycap.backends.hf import register
-    from polycap.registry import get_registry
-
-    offline = pytest.MonkeyPatch()
-    offline.setenv("HF_HUB_OFFLINE", "1")  # never touch the hub from these tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
-    registry = get_registry()
-    before = (dict(registry.backends), dict(registry.models))
-    if "hf" not in registry.backends:
-        register(registry)
-    if "translate" not in registry.backends:
-        translate.register(registry)
-    yield registry
-    registry.backends, registry.models = before  # leave the process-wide registry as other test modules expect
-    torch.set_num_threads(threads)
-    offline.undo()
+    with hf_tiny.offline_registry("translate") as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")
