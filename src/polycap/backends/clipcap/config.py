@@ -14,11 +14,10 @@ The language model is referenced, not copied, unless it was fine-tuned (``lm/``)
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from polycap.backends.model_config import JsonConfig
 from polycap.errors import PolycapError
 
 MAPPER_TYPES = ("mlp", "transformer")
@@ -78,7 +77,7 @@ class LoraConfig:
 
 
 @dataclass
-class ClipCapConfig:
+class ClipCapConfig(JsonConfig):
     name: str = "clipcap"
     backend: str = "clipcap"
     languages: list[str] = field(default_factory=lambda: ["en"])
@@ -116,13 +115,6 @@ class ClipCapConfig:
         return p
 
     # ---- persistence -------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, folder: str | Path) -> None:
-        path = Path(folder) / "config.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClipCapConfig:
         data = dict(data)
@@ -134,13 +126,6 @@ class ClipCapConfig:
         cfg.check()
         return cfg
 
-    @classmethod
-    def load(cls, folder: str | Path) -> ClipCapConfig:
-        path = Path(folder) / "config.json"
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as e:
-            raise PolycapError(f"cannot read {path}: {e}") from e
 
 
 def _typed(cls: type, values: dict[str, Any], what: str) -> Any:

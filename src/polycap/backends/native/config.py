@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from polycap.backends.model_config import JsonConfig
 from polycap.errors import PolycapError
 
 
 @dataclass
-class NativeConfig:
+class NativeConfig(JsonConfig):
     name: str = "polycap-base"
     backend: str = "native"
     arch: str = "transformer"  # "transformer" (GPT-2 blocks with cross-attention) or "lstm"
@@ -27,13 +26,6 @@ class NativeConfig:
     vocab_size: int = 8000
     generation: dict[str, Any] = field(default_factory=dict)  # default GenerationOptions overrides
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, folder: str | Path) -> None:
-        path = Path(folder) / "config.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NativeConfig:
         known = {f.name for f in fields(cls)}
@@ -42,10 +34,3 @@ class NativeConfig:
             raise PolycapError(f"unknown native config keys: {', '.join(unknown)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    @classmethod
-    def load(cls, folder: str | Path) -> NativeConfig:
-        path = Path(folder) / "config.json"
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as e:
-            raise PolycapError(f"cannot read {path}: {e}") from e
