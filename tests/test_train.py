@@ -188,6 +188,18 @@ def test_scst_beam_mode_with_mean_baseline_runs_and_advantages_sum_to_zero(manif
     assert scst["baseline"] == pytest.approx(scst["reward"], abs=1e-6)  # the LOO mean of K rewards = their mean
 
 
+def test_scst_lr_decays_per_epoch_and_survives_resume(manifest, tmp_path):
+    """A resumed SCST phase gets the SCST schedule back (not the cross-entropy warm-up/cosine)."""
+    run = tmp_path / "decay"
+    base = ["train.epochs=1", "scst.langs=[en]", "scst.batch_size=8", "scst.samples=2", "scst.lr=1e-4",
+            "scst.lr_decay=0.5", "scst.mode=beam", "scst.baseline=mean"]
+    Trainer(_cfg(manifest, tmp_path / "cache", *base, "scst.epochs=1"), run, progress=False).run()
+    Trainer(_cfg(manifest, tmp_path / "cache", *base, "scst.epochs=2"), run, progress=False).run(resume=True)
+    scst = [e for e in _log(run) if e.get("phase") == "scst"]
+    assert [e["scst_epoch"] for e in scst] == [1, 2]
+    assert [e["lr"] for e in scst] == pytest.approx([1e-4 * 0.5, 1e-4 * 0.25])
+
+
 def test_scst_options_are_checked():
     from polycap.errors import PolycapError
 

@@ -74,6 +74,7 @@ class ScstConfig:
     # "greedy": the greedy caption's reward (Rennie et al. 2017); "mean": the mean reward of the other
     # K-1 captions of the same image (Luo 2020), which needs no extra decode.
     baseline: str = "greedy"
+    lr_decay: float = 1.0  # the learning rate is multiplied by this after each SCST epoch
 
 
 @dataclass

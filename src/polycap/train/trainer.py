@@ -105,17 +105,20 @@ class Trainer:
         units = epoch_units(self.pool, PER_IMAGE, 0)
         return math.ceil(len(units) / max(1, self.cfg.train.batch_size // PER_IMAGE))
 
-    def _optimizer(self, lr: float | None = None, constant: bool = False):
+    def _optimizer(self, scst: bool = False):
+        """AdamW and its schedule: cross-entropy (warm-up + cosine) or SCST (``scst.lr``, times
+        ``scst.lr_decay`` after each SCST epoch)."""
         t = self.cfg.train
         params = [p for p in self.model.parameters() if p.requires_grad]  # a frozen LM is not optimised
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr or t.lr,
+            lr=self.cfg.scst.lr if scst else t.lr,
         )
-        if constant:
-            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        if scst:
+            per_epoch, factor = len(self._scst_batches(0)), self.cfg.scst.lr_decay
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor ** (step // per_epoch))
         total = max(1, t.epochs * self.steps_per_epoch())
 
         def lr_at(step: int) -> float:  # linear warm-up, then cosine down to 10%
@@ -129,12 +132,13 @@ class Trainer:
     def run(self, resume: bool = False) -> dict[str, Any]:
         t = self.cfg.train
         self.cfg.save(self.out / "config.yaml")
-        opt, sched = self._optimizer()
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "bad_epochs": 0}
         ckpt = self.out / "checkpoint"
+        if resume and not (ckpt / "state.json").is_file():
+            raise PolycapError(f"--resume: no checkpoint in {ckpt}")
+        in_scst = resume and json.loads((ckpt / "state.json").read_text()).get("phase") == "scst"
+        opt, sched = self._optimizer(scst=in_scst)  # the schedule the checkpoint was written with
         if resume:
-            if not (ckpt / "state.json").is_file():
-                raise PolycapError(f"--resume: no checkpoint in {ckpt}")
             state = load_checkpoint(ckpt, self.model, opt, sched)
             log.warning("resuming at epoch %d step %d", state["epoch"], state["step_in_epoch"])
         images_per_batch = max(1, t.batch_size // PER_IMAGE)
@@ -157,22 +161,20 @@ class Trainer:
         from rich.progress import Progress
 
         from polycap.eval.evaluate import references_for
-        from polycap.train.scst import CiderReward, mean, scst_batches, scst_step
+        from polycap.train.scst import CiderReward, mean, scst_step
 
         s = self.cfg.scst
         if state.get("phase") != "scst":  # start from the best cross-entropy epoch
             self._load_weights(self.out / "best")
             shutil.rmtree(self.out / "best-xe", ignore_errors=True)
             shutil.copytree(self.out / "best", self.out / "best-xe")
-            opt, sched = self._optimizer(lr=s.lr, constant=True)
+            opt, sched = self._optimizer(scst=True)
             state.update(phase="scst", scst_epoch=0, step_in_epoch=0)
         items = self.train_split.items
-        langs = [x for x in s.langs if x in self.langs]
-        rows = {x: [i for i, it in enumerate(items) if it.captions.get(x)] for x in langs}
-        rewards = {x: CiderReward(references_for(items, x), x) for x in langs}
+        rewards = {x: CiderReward(references_for(items, x), x) for x in self._scst_langs()}
         while state["scst_epoch"] < s.epochs:
             start = time.time()
-            batches = scst_batches(rows, s.batch_size, self.cfg.train.seed * 1000 + 777 + state["scst_epoch"])
+            batches = self._scst_batches(state["scst_epoch"])
             stats = []
             with Progress(disable=not self.progress, transient=True) as bar:
                 task = bar.add_task(f"scst epoch {state['scst_epoch'] + 1}", total=len(batches),
@@ -180,6 +182,7 @@ class Trainer:
                 for i in range(state["step_in_epoch"], len(batches)):
                     lang, chunk = batches[i]
                     stats.append(scst_step(self, lang, chunk, rewards[lang], s.samples, opt, s.mode, s.baseline))
+                    sched.step()
                     state.update(step_in_epoch=i + 1, global_step=state["global_step"] + 1)
                     bar.update(task, advance=1, description=f"scst epoch {state['scst_epoch'] + 1} "
                                f"reward {mean([x['reward'] for x in stats[-50:]]):.3f}")
@@ -192,6 +195,16 @@ class Trainer:
             state["epoch"] -= 1  # _end_epoch counts epochs; SCST epochs are counted separately
             self._end_epoch(state, mean([x["loss"] for x in stats]), metrics, time.time() - start, opt, sched,
                             ckpt, extra)
+
+    def _scst_langs(self) -> list[str]:
+        return [x for x in self.cfg.scst.langs if x in self.langs]
+
+    def _scst_batches(self, epoch: int) -> list[tuple[str, list[int]]]:
+        from polycap.train.scst import scst_batches
+
+        items = self.train_split.items
+        rows = {x: [i for i, it in enumerate(items) if it.captions.get(x)] for x in self._scst_langs()}
+        return scst_batches(rows, self.cfg.scst.batch_size, self.cfg.train.seed * 1000 + 777 + epoch)
 
     def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
