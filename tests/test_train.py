@@ -214,3 +214,21 @@ def test_scst_options_are_checked():
 def test_set_parses_exponent_numbers():
     cfg = load_config(None, ["scst.lr=5e-5", "train.lr=1e-3", "model.name=polycap-x"])
     assert cfg.scst.lr == 5e-5 and cfg.train.lr == 1e-3 and cfg.model.name == "polycap-x"
+
+
+def test_validate_checkpoint_scores_a_mid_epoch_checkpoint(manifest, tmp_path, capsys):
+    import importlib.util
+
+    run = tmp_path / "mid"
+    Trainer(_cfg(manifest, tmp_path / "cache", "train.epochs=2", "train.max_steps=3"), run, progress=False).run()
+    assert not (run / "log.jsonl").exists()  # stopped mid-epoch: no validation yet
+    path = Path(__file__).resolve().parents[1] / "bench" / "validate_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("validate_checkpoint", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--out", str(run), "--limit", "4", "--save", str(tmp_path / "model")])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["global_step"] == 3 and set(out["val"]) == {"en", "de"}
+    assert all(0 <= v["CIDEr"] and v["n"] <= 4 for v in out["val"].values())
+    assert polycap.load(str(tmp_path / "model"), device="cpu").caption(
+        json.loads(manifest.read_text().splitlines()[0])["image"]).ok
