@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
 
-    from safetensors.torch import load_file
-
+    from polycap.train.checkpoint import load_weights
     from polycap.train.config import load_config
     from polycap.train.trainer import make_trainer
 
@@ -36,12 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(run / "config.yaml", [*args.overrides, f"data.val_limit={args.limit}"])
     start = time.time()
     trainer = make_trainer(cfg, run, progress=False)
-    weights = load_file(str(run / "checkpoint" / "model.safetensors"))
-    if hasattr(trainer.model, "load_trainable_state_dict"):
-        trainer.model.load_trainable_state_dict(weights)
-    else:
-        trainer.model.load_state_dict(weights, strict=False)
-        trainer.model.decoder.tie_weights()
+    load_weights(run / "checkpoint" / "model.safetensors", trainer.model)
     built = time.time() - start
     val = trainer.validate()
     result = {"run": str(run), "global_step": state["global_step"], "epoch": state["epoch"],

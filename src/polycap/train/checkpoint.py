@@ -33,13 +33,19 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, schedu
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict:
-    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items()}
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    """Weights written by ``save_checkpoint`` (or a model folder's ``model.safetensors``) into ``model``:
+    only what trains for models that say so (clipcap), else the full state with the tied lm_head."""
+    state = load_file(str(path))
     if hasattr(model, "load_trainable_state_dict"):
         model.load_trainable_state_dict(state)
     else:
         model.load_state_dict(state, strict=False)
         model.decoder.tie_weights()
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict:
+    load_weights(folder / "model.safetensors", model)
     extra = torch.load(folder / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])

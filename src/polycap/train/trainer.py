@@ -27,7 +27,7 @@ from polycap.backends.native.tokenizer import CaptionTokenizer
 from polycap.data.features import FeatureCache
 from polycap.data.manifest import ManifestItem, read_manifest
 from polycap.errors import PolycapError
-from polycap.train.checkpoint import load_checkpoint, save_checkpoint
+from polycap.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from polycap.train.config import TrainConfig
 from polycap.train.data import caption_pool, collate, epoch_units
 from polycap.types import GenerationOptions
@@ -207,10 +207,7 @@ class Trainer:
         return scst_batches(rows, self.cfg.scst.batch_size, self.cfg.train.seed * 1000 + 777 + epoch)
 
     def _load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-        self.model.decoder.tie_weights()
+        load_weights(folder / "model.safetensors", self.model)
 
     def _train_epoch(self, batches, opt, sched, state, ckpt) -> float | None:
         from rich.progress import Progress
