@@ -77,6 +77,23 @@ def new_token_counts(seqs: Any, prompt_len: int, eos_id: int) -> list[int]:
     return counts
 
 
+def record_generate(model: Any) -> list[Any]:
+    """Wrap ``model.generate`` so the sequences of its last call can be read (to count the tokens
+    really written); returns the one-slot list they land in."""
+    import torch
+
+    last: list[Any] = [None]
+    inner = model.generate
+
+    def recording_generate(*a: Any, **kw: Any) -> Any:
+        out = inner(*a, **kw)  # a tensor, or a ModelOutput when scores come from generate's logits
+        last[-1] = out if isinstance(out, torch.Tensor) else out.sequences
+        return out
+
+    model.generate = recording_generate
+    return last
+
+
 def param_count(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())  # parameters() yields tied weights once
 
@@ -161,7 +178,7 @@ class PolycapRunner:
                 tok = _synthetic_tokenizer(cfg.languages, cfg.vocab_size)
             torch.manual_seed(0)
             model = CaptionModel(cfg, tok.pad_id, tok.eos_id)
-            cap = NativeCaptioner(cfg, model, build_encoder(cfg.encoder), tok, device="cpu")
+            cap = NativeCaptioner(cfg, model, build_encoder(cfg.encoder, inference=True), tok, device="cpu")
         self.cap = cap
         self.label = cfg.name
         self.params = param_count(cap.model) + param_count(cap.encoder)
@@ -175,15 +192,7 @@ class PolycapRunner:
         }
         self._lang = cap.default_lang
         # Keep the sequences generate() returns, to count the tokens really written.
-        self._seqs = None
-        inner = cap.model.generate
-
-        def recording_generate(*a: Any, **kw: Any) -> Any:
-            out = inner(*a, **kw)  # a tensor, or a ModelOutput when scores come from generate's logits
-            self._seqs = out if isinstance(out, torch.Tensor) else out.sequences
-            return out
-
-        cap.model.generate = recording_generate
+        self._generated = record_generate(cap.model)
 
     def encode(self, images: Sequence[Any]) -> None:
         import torch
@@ -199,7 +208,7 @@ class PolycapRunner:
         )
         caps = self.cap.caption_batch(list(images), opts)
         assert len(caps) == len(images)
-        return new_token_counts(self._seqs, 1, self.cap.tokenizer.eos_id)  # prompt: the language token
+        return new_token_counts(self._generated[-1], 1, self.cap.tokenizer.eos_id)  # prompt: the language token
 
 
 class BlipRunner:
@@ -302,15 +311,7 @@ class HFRunner:
         self.params = param_count(model)
         self.info = {"decoder_weights": "random", "path": "polycap hf: backend (HFCaptioner.caption_batch)",
                      "vocab_size": len(tokenizer), **self.sizes(model)}  # fmt: skip
-        self._seqs = None
-        inner = model.generate
-
-        def recording_generate(*a: Any, **kw: Any) -> Any:
-            out = inner(*a, **kw)  # a tensor, or a ModelOutput when scores come from generate's logits
-            self._seqs = out if isinstance(out, torch.Tensor) else out.sequences
-            return out
-
-        model.generate = recording_generate
+        self._generated = record_generate(model)
 
     def sizes(self, model: Any) -> dict[str, Any]:
         return {}
@@ -328,7 +329,7 @@ class HFRunner:
         opts = GenerationOptions(num_beams=num_beams, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
         caps = self.cap.caption_batch(list(images), opts)
         assert len(caps) == len(images) and all(c.ok for c in caps)
-        return new_token_counts(self._seqs, 1, self.eos_id)  # prompt: the one start token
+        return new_token_counts(self._generated[-1], 1, self.eos_id)  # prompt: the one start token
 
 
 class GitRunner(HFRunner):
