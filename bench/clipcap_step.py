@@ -34,19 +34,15 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from polycap.data.manifest import write_subset
     from polycap.train.clipcap import step_seconds
     from polycap.train.config import load_config
     from polycap.train.trainer import make_trainer
 
     torch.set_num_threads(args.threads)
     lines = [json.loads(x) for x in Path(args.manifest).read_text(encoding="utf-8").splitlines()]
-    base = Path(args.manifest).parent
-    chosen = [x for x in lines if x["split"] == "train"][: args.images] + [x for x in lines if x["split"] == "val"][:4]
     tmp = Path(tempfile.mkdtemp(prefix="clipcap-step-"))
-    small = tmp / "m.jsonl"
-    with small.open("w", encoding="utf-8") as f:
-        for x in chosen:
-            f.write(json.dumps({**x, "image": str(base / x["image"])}, ensure_ascii=False) + "\n")
+    small = write_subset(args.manifest, tmp / "m.jsonl", {"train": args.images, "val": 4})
     cfg = load_config(args.config, [*args.overrides, f"data.manifests=[{small}]"])
     start = time.perf_counter()
     trainer = make_trainer(cfg, tmp / "run", progress=False)

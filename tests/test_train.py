@@ -29,13 +29,10 @@ TINY_MODEL = [
 @pytest.fixture(scope="module")
 def manifest(flickr8k, tmp_path_factory) -> Path:
     """32 train + 8 val real photos (absolute paths, so the manifest can live anywhere)."""
-    lines = [json.loads(x) for x in (flickr8k / "captions.jsonl").open(encoding="utf-8")]
-    chosen = [x for x in lines if x["split"] == "train"][:32] + [x for x in lines if x["split"] == "val"][:8]
-    path = tmp_path_factory.mktemp("data") / "m.jsonl"
-    with path.open("w", encoding="utf-8") as f:
-        for x in chosen:
-            f.write(json.dumps({**x, "image": str(flickr8k / x["image"])}, ensure_ascii=False) + "\n")
-    return path
+    from polycap.data.manifest import write_subset
+
+    return write_subset(flickr8k / "captions.jsonl", tmp_path_factory.mktemp("data") / "m.jsonl",
+                        {"train": 32, "val": 8})
 
 
 def _cfg(manifest: Path, cache: Path, *extra: str):

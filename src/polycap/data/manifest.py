@@ -57,3 +57,16 @@ def read_manifest(path: str | Path, split: str | None = None, langs: list[str] |
                 )
             )
     return items
+
+
+def write_subset(path: str | Path, dest: str | Path, counts: dict[str, int]) -> Path:
+    """Write the first ``counts[split]`` items of each split of manifest ``path`` to ``dest``, with
+    absolute image paths so ``dest`` can live anywhere (smoke runs, tests, step-time benches)."""
+    items = read_manifest(path)
+    dest = Path(dest)
+    with dest.open("w", encoding="utf-8") as f:
+        for split, n in counts.items():
+            for it in [it for it in items if it.split == split][:n]:
+                rec = {"image": str(it.image), "split": split, "captions": it.captions}
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return dest
