@@ -59,15 +59,16 @@ def test_loss_falls_and_best_model_loads(manifest, tmp_path):
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
 
 
-def test_resume_mid_epoch_equals_uninterrupted_run(manifest, tmp_path):
+@pytest.mark.parametrize("bucket", ["train.bucket_window=0", "train.bucket_window=3"])
+def test_resume_mid_epoch_equals_uninterrupted_run(manifest, tmp_path, bucket):
     cache = tmp_path / "cache"
     full = tmp_path / "full"
-    Trainer(_cfg(manifest, cache, "train.epochs=2"), full, progress=False).run()
+    Trainer(_cfg(manifest, cache, "train.epochs=2", bucket), full, progress=False).run()
     part = tmp_path / "part"
-    Trainer(_cfg(manifest, cache, "train.epochs=2", "train.max_steps=13"), part, progress=False).run()
+    Trainer(_cfg(manifest, cache, "train.epochs=2", "train.max_steps=13", bucket), part, progress=False).run()
     state = json.loads((part / "checkpoint" / "state.json").read_text())
     assert state["global_step"] == 13 and state["step_in_epoch"] > 0  # stopped inside an epoch
-    Trainer(_cfg(manifest, cache, "train.epochs=2"), part, progress=False).run(resume=True)
+    Trainer(_cfg(manifest, cache, "train.epochs=2", bucket), part, progress=False).run(resume=True)
     a = (full / "checkpoint" / "model.safetensors").read_bytes()
     b = (part / "checkpoint" / "model.safetensors").read_bytes()
     assert a == b, "resumed run diverged from the uninterrupted one"
@@ -229,3 +230,26 @@ def test_validate_checkpoint_scores_a_mid_epoch_checkpoint(manifest, tmp_path, c
     assert all(v["CIDEr"] >= 0 and v["n"] <= 4 for v in out["val"].values())
     assert polycap.load(str(tmp_path / "model"), device="cpu").caption(
         json.loads(manifest.read_text().splitlines()[0])["image"]).ok
+
+
+def test_length_buckets_keep_every_caption_and_cut_padding():
+    import random
+
+    from polycap.train.data import epoch_batches, epoch_units
+
+    rng = random.Random(0)
+    pool = [(row, [1] * rng.randint(3, 30)) for row in range(200) for _ in range(rng.randint(1, 9))]
+
+    def padded(batches):  # tokens a step computes: every caption padded to its batch's longest
+        caps = ([c for u in b for c in u.captions] for b in batches)
+        return sum(len(c) * max(map(len, c)) for c in caps)
+
+    plain = epoch_batches(epoch_units(pool, 4, 1), 16, 0, 1)
+    bucketed = epoch_batches(epoch_units(pool, 4, 1, by_length=True), 16, 10, 1)
+    assert len(plain) == len(bucketed)
+    assert all(len(b) <= 16 for b in bucketed)
+    caps = sorted((u.row, len(c)) for b in bucketed for u in b for c in u.captions)
+    assert caps == sorted((row, len(ids)) for row, ids in pool)  # nothing lost or repeated
+    assert padded(bucketed) < 0.8 * padded(plain), (padded(bucketed), padded(plain))
+    again = epoch_batches(epoch_units(pool, 4, 1, by_length=True), 16, 10, 1)
+    assert [[(u.row, u.captions) for u in b] for b in again] == [[(u.row, u.captions) for u in b] for b in bucketed]

@@ -58,6 +58,9 @@ class OptimConfig:
     patience: int = 3
     checkpoint_every: int = 200
     val_beams: int = 1
+    # > 0: batches of about equal caption length (each run of this many batches is sorted by length,
+    # then the batches are shuffled): less padding per step. 0: random batches.
+    bucket_window: int = 0
     max_steps: int | None = None  # stop after this many steps in total (smoke tests)
     bf16: bool = False  # bf16 autocast for the forward pass (2-3x faster on CPUs with avx512_bf16/AMX)
 

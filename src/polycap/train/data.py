@@ -36,10 +36,12 @@ def caption_pool(
 
 
 def epoch_units(
-    pool: list[tuple[int, list[int]]], per_image: int, seed: int
+    pool: list[tuple[int, list[int]]], per_image: int, seed: int, by_length: bool = False
 ) -> list[Unit]:
     """Shuffle each image's captions, cut them into units of ``per_image``, shuffle the units.
 
+    ``by_length``: an image's shuffled captions are ordered by length before they are cut, so the
+    captions of one unit are about as long as each other (less padding; see ``epoch_batches``).
     Deterministic in ``seed`` (the trainer passes seed + epoch), so a resumed run rebuilds the
     same order and skips the batches it already did.
     """
@@ -51,9 +53,30 @@ def epoch_units(
     for row in sorted(by_row):
         caps = by_row[row]
         rng.shuffle(caps)
+        if by_length:
+            caps.sort(key=len)  # stable: captions of equal length keep their shuffled order
         units.extend(Unit(row, caps[i : i + per_image]) for i in range(0, len(caps), per_image))
     rng.shuffle(units)
     return units
+
+
+def epoch_batches(units: list[Unit], per_batch: int, window: int, seed: int) -> list[list[Unit]]:
+    """Cut shuffled units into batches of ``per_batch``.
+
+    ``window`` > 0 buckets by length: each run of ``window`` batches' worth of units is sorted by its
+    longest caption before it is cut, and the batches are then shuffled, so a batch pads to about
+    its own captions' length rather than to the longest of 64 random captions. ``window`` 0 keeps
+    the units' order. Deterministic in ``seed``.
+    """
+    if window <= 0:
+        return [units[i : i + per_batch] for i in range(0, len(units), per_batch)]
+    span = per_batch * window
+    batches: list[list[Unit]] = []
+    for start in range(0, len(units), span):
+        chunk = sorted(units[start : start + span], key=lambda u: max(len(c) for c in u.captions))
+        batches.extend(chunk[i : i + per_batch] for i in range(0, len(chunk), per_batch))
+    random.Random(seed).shuffle(batches)
+    return batches
 
 
 def collate(units: list[Unit], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from polycap.data.manifest import ManifestItem, read_manifest
 from polycap.errors import PolycapError
 from polycap.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from polycap.train.config import TrainConfig
-from polycap.train.data import caption_pool, collate, epoch_units
+from polycap.train.data import caption_pool, collate, epoch_batches, epoch_units
 from polycap.types import GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,9 @@ class Trainer:
         images_per_batch = max(1, t.batch_size // PER_IMAGE)
         while state["epoch"] < t.epochs and state["bad_epochs"] < t.patience and state.get("phase") != "scst":
             start = time.time()
-            units = epoch_units(self.pool, PER_IMAGE, t.seed * 1000 + state["epoch"])
-            batches = [units[i : i + images_per_batch] for i in range(0, len(units), images_per_batch)]
+            seed = t.seed * 1000 + state["epoch"]
+            units = epoch_units(self.pool, PER_IMAGE, seed, by_length=t.bucket_window > 0)
+            batches = epoch_batches(units, images_per_batch, t.bucket_window, seed)
             loss = self._train_epoch(batches, opt, sched, state, ckpt)
             if loss is None:  # max_steps reached mid-epoch
                 break
