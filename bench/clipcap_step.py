@@ -6,7 +6,8 @@
 Builds a small manifest of ``--images`` train images (+ 4 val) of Flickr8k, a ClipCapTrainer on it
 (features from the feature cache), times ``--steps`` optimiser steps after one warm-up step and prints
 JSON: seconds per step, captions per step, mean caption tokens, and the estimated time of one epoch
-over the full train split of each language in ``data.langs``.
+over the full train split of each language in ``data.langs``. With ``clipcap.output_vocab=captions`` the
+output vocabulary is that of the full train split's captions, as in a real run.
 """
 
 from __future__ import annotations
@@ -47,16 +48,22 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     trainer = make_trainer(cfg, tmp / "run", progress=False)
     load_s = time.perf_counter() - start
+    train = [x for x in lines if x["split"] == "train"]
+    if cfg.clipcap.output_vocab == "captions":  # the vocabulary of the full train split, as a real run has
+        m = trainer.model
+        m.set_output_vocab({i for x in train for lang in trainer.langs for t in x["captions"].get(lang, [])
+                            if t.strip() for i in m.encode_caption(t, lang)[1:]})
     sec = step_seconds(trainer, steps=args.steps)
     per_step = cfg.train.batch_size
     lens = [len(ids) - 1 for _, ids in trainer.pool]  # caption tokens + eos (the lang index is not a token)
-    train = [x for x in lines if x["split"] == "train"]
     full = {lang: sum(len(x["captions"].get(lang, [])) for x in train) for lang in trainer.langs}
     out = {
         "lm": cfg.clipcap.lm, "mode": cfg.clipcap.mode, "mapper": cfg.clipcap.mapper, "threads": args.threads,
         "trainable_params": trainer.trainable_parameters(), "load_seconds": round(load_s, 1),
         "seconds_per_step": round(sec, 3), "captions_per_step": per_step,
-        "prefix_length": trainer.ccfg.mapper.prefix_length, "mean_caption_tokens": round(sum(lens) / len(lens), 1),
+        "prefix_length": trainer.ccfg.mapper.prefix_length,
+        "output_vocab": None if trainer.model.output_vocab is None else len(trainer.model.output_vocab),
+        "mean_caption_tokens": round(sum(lens) / len(lens), 1),
         "train_captions": full,
         "epoch_hours": {k: round(v / per_step * sec / 3600, 2) for k, v in full.items()},
     }

@@ -294,3 +294,117 @@ def test_random_init_lm_keeps_architecture_and_tokenizer(parts):
     assert len(tok) == len(tok2) and type(rnd) is type(pre)
     a, b, c = (m.get_input_embeddings().weight for m in (pre, rnd, again))
     assert a.shape == b.shape and not torch.equal(a, b) and torch.equal(b, c)
+
+
+# ---- the output vocabulary (softmax over the training captions' tokens only) ---------------------
+
+CAPTIONS = ["a dog runs", "a cat, a man!", "a man and a dog"]
+
+
+def _vocab_captioner(parts, **kw) -> ClipCapCaptioner:
+    cap = _captioner(parts, output_vocab="captions", **kw)
+    m = cap.model
+    m.set_output_vocab({i for t in CAPTIONS for i in m.encode_caption(t, "en")[1:]})
+    return cap
+
+
+def test_output_vocab_loss_is_the_restricted_softmax_and_the_score_agrees(parts):
+    from polycap.train.data import Unit
+
+    cap = _vocab_captioner(parts)
+    m = cap.model
+    allowed = set(m.output_vocab.tolist())
+    assert set(m.stop_ids) <= allowed and len(allowed) < len(m.tok) // 2
+    feats = torch.randn(2, 1, 24)
+    caps = [m.encode_caption(t, "en") for t in CAPTIONS[:2]]
+    rows, owner, ids, mask = collate([Unit(0, [caps[0]]), Unit(1, [caps[1]])], m.pad_id)
+    loss = m(feats, ids, mask, owner=owner, label_smoothing=0.1)
+    # by hand: the LM's full logits, cut to the allowed ids, then the cross-entropy there
+    vocab = m.output_vocab
+    total, n = 0.0, 0
+    for i, c in enumerate(caps):
+        embeds, attn = m.context(feats[i : i + 1], "en")
+        seq = torch.tensor([c[1:]])
+        logits = m.lm(inputs_embeds=torch.cat([embeds, m.embed(seq)], 1)).logits[0, embeds.shape[1] - 1 : -1]
+        target = torch.tensor([vocab.tolist().index(t) for t in c[1:]])
+        total += torch.nn.functional.cross_entropy(logits[:, vocab], target, label_smoothing=0.1,
+                                                   reduction="sum").item()
+        n += len(c) - 1
+    assert loss.item() == pytest.approx(total / n, rel=1e-4)
+    # teacher-forced score of one caption = minus its loss (no smoothing)
+    one = collate([Unit(0, [caps[0]])], m.pad_id)
+    embeds, attn = m.context(feats[:1], "en")
+    seq = torch.tensor([caps[0][1:]])
+    score = m.token_logprobs(embeds, attn, seq, torch.ones_like(seq))
+    assert score.item() == pytest.approx(-m(feats[:1], *one[2:], owner=one[1]).item(), rel=1e-4)
+    with pytest.raises(polycap.PolycapError, match="outside the model's output vocabulary"):
+        bad = collate([Unit(0, [m.encode_caption("zebra zebra", "en")])], m.pad_id)
+        m(feats[:1], *bad[2:], owner=bad[1])
+
+
+def test_output_vocab_decoding_stays_inside_it_and_beam_beats_greedy(parts, photo_dir, tmp_path):
+    cap = _vocab_captioner(parts)
+    m = cap.model
+    allowed = set(m.output_vocab.tolist())
+    imgs = sorted(photo_dir.iterdir())
+    from polycap.images import load_image
+
+    feats = cap.encode([load_image(p) for p in imgs])
+    for kw in ({}, {"num_beams": 3}, {"do_sample": True, "top_k": 0, "temperature": 1.5}):
+        seqs = m.generate(feats, "en", max_new_tokens=8, **kw)
+        used = set(seqs[m.sequence_mask(seqs).bool()].tolist())
+        assert used <= allowed, (kw, used - allowed)
+    for img in imgs:
+        greedy = cap.caption(img, max_new_tokens=6)
+        beam = cap.caption(img, max_new_tokens=6, num_beams=4)
+        assert beam.score >= greedy.score - 1e-4, (img.name, greedy, beam)
+    before = [c.text for c in cap.caption_many(imgs, num_beams=2, max_new_tokens=6)]
+    cap.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "output_vocab.json").read_text()) == sorted(allowed)
+    again = polycap.load(str(tmp_path / "m"), device="cpu")
+    assert [c.text for c in again.caption_many(imgs, num_beams=2, max_new_tokens=6)] == before
+    (tmp_path / "m" / "output_vocab.json").unlink()
+    with pytest.raises(polycap.PolycapError, match="output_vocab.json is missing"):
+        polycap.load(str(tmp_path / "m"), device="cpu")
+
+
+def test_output_vocab_follows_final_soft_capping_and_refuses_other_heads(parts):
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = AutoTokenizer.from_pretrained(parts["gpt2"])
+    torch.manual_seed(0)
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, final_logit_softcapping=2.0, max_position_embeddings=64,
+        sliding_window=16, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)).eval()
+    with torch.no_grad():
+        gemma.lm_head.weight.mul_(50)  # logits well past the cap, so capping matters
+    m = ClipCapModel(_config(parts, languages=["en"]), gemma, tok)
+    m.set_output_vocab([1, 2, 3])  # checked against the LM's own capped logits: passes
+    h = m._hidden(torch.randn(1, 2, 32), torch.ones(1, 2, dtype=torch.long))
+    assert float(m.vocab_logits(h).abs().max()) <= 2.0
+
+    from transformers import AutoModelForCausalLM
+
+    gpt2 = AutoModelForCausalLM.from_pretrained(parts["gpt2"]).eval()
+    gpt2.lm_head.register_forward_hook(lambda mod, args, out: out * 2)  # not a plain linear head any more
+    m2 = ClipCapModel(_config(parts, languages=["en"]), gpt2, tok)
+    with pytest.raises(polycap.PolycapError, match="not a plain linear head"):
+        m2.set_output_vocab([1, 2, 3])
+    assert m2.output_vocab is None
+
+
+def test_training_with_output_vocab_lowers_loss_and_saves_it(manifest, parts, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(None, _train_args(manifest, parts, tmp_path, "clipcap.output_vocab=captions", "clipcap.mode=full",
+                                        "train.epochs=3"))
+    trainer = make_trainer(cfg, run, progress=False)
+    want = {i for _, ids in trainer.pool for i in ids[1:]} | set(trainer.model.stop_ids)
+    assert set(trainer.model.output_vocab.tolist()) == want
+    trainer.run()
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"] * 0.9, [e["loss"] for e in log]
+    assert json.loads((run / "best" / "output_vocab.json").read_text()) == sorted(want)
+    assert json.loads((run / "best" / "config.json").read_text())["output_vocab"] == "captions"
+    first = json.loads(manifest.read_text().splitlines()[0])["image"]
+    assert polycap.load(str(run / "best"), device="cpu").caption(first, lang="de").ok

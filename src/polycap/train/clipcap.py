@@ -35,7 +35,7 @@ class ClipCapTrainer(Trainer):
             name=m.name, languages=list(self.langs), encoder=dict(m.encoder), features=c.features,
             feature_dim=int(self.train_split.features.shape[2]), mapper=_typed(MapperConfig, dict(c.mapper), "mapper"),
             lm=lm_cfg, prompt=c.prompt, mode=c.mode, lora=_typed(LoraConfig, dict(c.lora), "clipcap.lora"),
-            max_length=m.max_length,
+            max_length=m.max_length, output_vocab=c.output_vocab,
         )
         self.ccfg.check()
         if getattr(self.encoder, "feature_dim", self.ccfg.feature_dim) != self.ccfg.feature_dim:
@@ -51,6 +51,9 @@ class ClipCapTrainer(Trainer):
             for row, it in enumerate(items) for lang in self.langs
             for text in it.captions.get(lang, []) if text.strip()
         ]
+        if c.output_vocab == "captions":  # every token of the training captions, in any language
+            self.model.set_output_vocab({i for _, ids in self.pool for i in ids[1:]})
+            log.info("clipcap: output vocabulary of %d ids", len(self.model.output_vocab))
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("clipcap: %d trainable parameters (%s mode), %d captions", n, c.mode, len(self.pool))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,12 @@ class ClipCapCaptioner(FeatureCaptioner):
 
             lm = PeftModel.from_pretrained(lm, str(folder / "lora"))
         model = ClipCapModel(cfg, lm, tok)
+        if cfg.output_vocab == "captions":
+            vocab_file = folder / "output_vocab.json"
+            if not vocab_file.is_file():
+                raise PolycapError(f"{folder}: config.json says output_vocab: captions, "
+                                   "but output_vocab.json is missing")
+            model.set_output_vocab(json.loads(vocab_file.read_text(encoding="utf-8")))
         for lang in cfg.languages:
             path = folder / "adapters" / f"{lang}.safetensors"
             if not path.is_file():
@@ -57,6 +64,8 @@ class ClipCapCaptioner(FeatureCaptioner):
             state = {k: (v.half() if half else v).detach().cpu().contiguous() for k, v in mapper.state_dict().items()}
             save_file(state, str(folder / "adapters" / f"{lang}.safetensors"), metadata={"lang": lang})
         cfg = self.cfg
+        if self.model.output_vocab is not None:
+            (folder / "output_vocab.json").write_text(json.dumps(self.model.output_vocab.tolist()), encoding="utf-8")
         if cfg.mode == "lora":
             self.model.lm.save_pretrained(str(folder / "lora"))
         elif cfg.mode == "full":

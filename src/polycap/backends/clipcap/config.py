@@ -4,6 +4,7 @@ A folder holds::
 
     config.json              this dataclass
     adapters/<lang>.safetensors   one mapping network per language (the prefix adapters)
+    output_vocab.json        the allowed output token ids (``output_vocab: captions`` only)
     lora/                    peft LoRA weights of the LM (mode "lora" only)
     lm/                      the fine-tuned LM itself (mode "full" only)
     README.md                the model card
@@ -23,6 +24,7 @@ from polycap.errors import PolycapError
 MAPPER_TYPES = ("mlp", "transformer")
 FEATURE_MODES = ("pooled", "grid")
 TRAIN_MODES = ("mapper", "lora", "full")
+OUTPUT_VOCABS = ("full", "captions")
 
 
 @dataclass
@@ -91,6 +93,9 @@ class ClipCapConfig(JsonConfig):
     mode: str = "mapper"  # how it was trained: "mapper" (LM frozen), "lora", "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_length: int = 40  # caption tokens in training, and the cap on max_new_tokens
+    # "full": the LM's whole vocabulary; "captions": the softmax covers only the ids in output_vocab.json
+    # (the training captions' tokens + the stop tokens), in training and decoding alike
+    output_vocab: str = "full"
     generation: dict[str, Any] = field(default_factory=dict)
     model_card: dict[str, Any] = field(default_factory=dict)  # measured scores etc., free form
 
@@ -100,6 +105,8 @@ class ClipCapConfig(JsonConfig):
             raise PolycapError(f"unknown features {self.features!r}; known: {', '.join(FEATURE_MODES)}")
         if self.mode not in TRAIN_MODES:
             raise PolycapError(f"unknown clipcap mode {self.mode!r}; known: {', '.join(TRAIN_MODES)}")
+        if self.output_vocab not in OUTPUT_VOCABS:
+            raise PolycapError(f"unknown output_vocab {self.output_vocab!r}; known: {', '.join(OUTPUT_VOCABS)}")
         if self.features == "grid" and self.mapper.type == "mlp":
             raise PolycapError("the mlp mapper reads a pooled vector; use features: pooled or a transformer mapper")
         if not self.languages:

@@ -11,6 +11,11 @@ which is GPT-2's "!", and masks the loss by id, so real "!" tokens are never lea
 
 The LM's own ``generate(inputs_embeds=...)`` decodes (greedy, beam, sampling): it returns only new
 tokens, so the prompt is never part of a caption. Decoding stops at ``<eos>`` or a newline.
+
+An optional **output vocabulary** (``set_output_vocab``: the token ids of the training captions plus
+the stop tokens) restricts the softmax to those ids in training, scoring and decoding alike. Most of
+a big multilingual LM's vocabulary never occurs in captions (Gemma-3: 262,144 entries), and its output
+layer is then about half of a training step; restricted, it costs a few percent.
 Shapes: B captions/images, k prefix length, P context length (bos + k + prompt), T tokens, D LM width.
 """
 
@@ -61,7 +66,64 @@ class ClipCapModel(nn.Module):
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
         self.stop_ids = sorted({self.eos_id, *map(int, gen_eos), *newline_token_ids(tokenizer)})
         self.prompt_ids = {lang: self._encode(cfg.prompt_for(lang)) for lang in self.languages}
+        self.output_vocab: torch.Tensor | None = None  # sorted allowed ids; None: the LM's whole vocabulary
+        self._vocab_index: torch.Tensor | None = None  # (V,) id -> its index in output_vocab, -1 outside
         self.set_mode(cfg.mode)
+
+    # ---- the output vocabulary ---------------------------------------------------------------
+    def _hf_lm(self) -> nn.Module:
+        """The transformers model under any peft wrapper (LoRA layers stay injected in it)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def set_output_vocab(self, ids: Any) -> None:
+        """Restrict the softmax to ``ids`` (the stop tokens are always added), or lift it with None.
+
+        Checked once on a random input: the restricted logits must equal the LM's own logits at
+        those ids (an LM whose output layer is more than a linear head and final soft-capping is
+        refused)."""
+        if ids is None:
+            self.output_vocab = self._vocab_index = None
+            return
+        size = self._hf_lm().get_output_embeddings().weight.shape[0]
+        allowed = sorted({*map(int, ids), *self.stop_ids})
+        if allowed[0] < 0 or allowed[-1] >= size:
+            raise PolycapError(f"output vocabulary ids must lie in [0, {size}); got {allowed[0]}..{allowed[-1]}")
+        vocab = torch.tensor(allowed, dtype=torch.long)
+        index = torch.full((size,), -1, dtype=torch.long)
+        index[vocab] = torch.arange(len(allowed))
+        self.output_vocab, self._vocab_index = vocab, index
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            e = torch.randn(1, 3, self.cfg.lm_width) * 0.02
+            dev = self._hf_lm().get_output_embeddings().weight.device
+            e = e.to(dev, self.embed(torch.zeros(1, dtype=torch.long, device=dev)).dtype)
+            full = self.lm(inputs_embeds=e).logits[0][:, vocab.to(dev)].float()
+            mine = self.vocab_logits(self._hidden(e, torch.ones(1, 3, dtype=torch.long, device=dev))[0]).float()
+        if not torch.allclose(full, mine, rtol=1e-3, atol=1e-3 * (1 + float(full.abs().max()))):
+            self.output_vocab = self._vocab_index = None
+            raise PolycapError("this LM's output layer is not a plain linear head (with optional final "
+                               "soft-capping), so an output vocabulary cannot be used with it")
+
+    def _hidden(self, embeds: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The LM body's last hidden states (B, L, D): what its output layer reads."""
+        return self._hf_lm().base_model(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
+
+    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) hidden states -> (..., V') logits over the output vocabulary only."""
+        hf = self._hf_lm()
+        head = hf.get_output_embeddings()
+        vocab = self.output_vocab.to(head.weight.device)
+        logits = hidden @ head.weight[vocab].T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[vocab]
+        cap = getattr(hf.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def vocab_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> their indices in the output vocabulary (-1 outside it)."""
+        return self._vocab_index.to(ids.device)[ids]
 
     # ---- tokens ------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -181,6 +243,14 @@ class ClipCapModel(nn.Module):
         attn = torch.cat([torch.ones(b, head.shape[1], dtype=torch.long, device=dev), tmask], dim=1)
         labels = torch.cat([torch.full((b, head.shape[1]), -100, dtype=torch.long, device=dev), labels], dim=1)
         targets = labels[:, 1:]  # position t predicts token t + 1
+        if self.output_vocab is not None:  # the output layer runs on the allowed ids only
+            keep = targets != -100
+            tgt = self.vocab_positions(targets[keep])
+            if bool((tgt < 0).any()):
+                bad = sorted(set(targets[keep][tgt < 0].tolist()))[:5]
+                raise PolycapError(f"caption token ids {bad} are outside the model's output vocabulary")
+            logits = self.vocab_logits(self._hidden(embeds, attn)[:, :-1][keep])  # (K, V')
+            return nn.functional.cross_entropy(logits.float(), tgt, label_smoothing=label_smoothing)
         if self._keeps_logits:  # the output layer runs only where a caption token is predicted
             keep = torch.cat([targets != -100, torch.zeros(b, 1, dtype=torch.bool, device=dev)], dim=1)
             logits = self.lm(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep).logits  # (K, V)
@@ -215,7 +285,12 @@ class ClipCapModel(nn.Module):
 
         embeds, attn = self.context(features, lang)
         gen = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id, **generate_kwargs)
-        return self.lm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen)
+        extra = {}
+        if self.output_vocab is not None:
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList([_vocab_processor(self._vocab_index)])
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen, **extra)
 
     def sequence_mask(self, seqs: torch.Tensor) -> torch.Tensor:
         """1 up to and including the first stop token (eos or newline), 0 after."""
@@ -228,9 +303,32 @@ class ClipCapModel(nn.Module):
     ) -> torch.Tensor:
         """Mean log-probability of each sequence's tokens (where ``mask``) after its context."""
         full = torch.cat([embeds, self.embed(seqs)], dim=1)
-        logits = self.lm(inputs_embeds=full, attention_mask=torch.cat([attn, mask], dim=1)).logits
+        full_mask = torch.cat([attn, mask], dim=1)
         p = embeds.shape[1]
-        logp = torch.log_softmax(logits[:, p - 1 : -1].float(), dim=-1)  # (B, T, V): predicts seqs
+        if self.output_vocab is not None:
+            logits = self.vocab_logits(self._hidden(full, full_mask)[:, p - 1 : -1])  # (B, T, V')
+            seqs = self.vocab_positions(seqs).clamp(min=0)  # only padding (masked below) lies outside
+        else:
+            logits = self.lm(inputs_embeds=full, attention_mask=full_mask).logits[:, p - 1 : -1]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V): predicts seqs
         tok = logp.gather(-1, seqs[:, :, None]).squeeze(-1)
         m = mask.to(tok.dtype)
         return (tok * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def _vocab_processor(index: torch.Tensor) -> Any:
+    """A transformers logits processor: log-softmax over the ids with ``index >= 0`` (-inf elsewhere).
+
+    Renormalising (not only masking) makes beam search maximise the same restricted
+    log-probabilities that training optimises and ``token_logprobs`` reports; greedy and sampling
+    choose as they would from the masked logits."""
+    from transformers import LogitsProcessor
+
+    class OutputVocab(LogitsProcessor):
+        def __init__(self) -> None:
+            self.mask = torch.where(index >= 0, 0.0, float("-inf"))
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            return torch.log_softmax(scores.float() + self.mask.to(scores.device), dim=-1).to(scores.dtype)
+
+    return OutputVocab()
