@@ -71,19 +71,19 @@ class ClipCapTrainer(Trainer):
 
 
 def step_seconds(trainer: ClipCapTrainer, steps: int = 5, warmup: int = 1) -> float:
-    """Mean wall time of one optimisation step on the first batches (for sizing runs)."""
+    """Mean wall time of one optimisation step on batches drawn as the epoch draws them (for sizing runs)."""
     import time
 
-    from polycap.train.data import collate, epoch_units
+    from polycap.train.data import collate, epoch_batches, epoch_units
 
     t = trainer.cfg.train
-    units = epoch_units(trainer.pool, 4, 0)
-    per = max(1, t.batch_size // 4)
+    units = epoch_units(trainer.pool, 4, 0, by_length=t.bucket_window > 0)
+    batches = epoch_batches(units, max(1, t.batch_size // 4), t.bucket_window, 0)
     opt, _ = trainer._optimizer()
     trainer.model.train()
     times = []
     for i in range(warmup + steps):
-        rows, owner, ids, mask = collate(units[i * per : (i + 1) * per], trainer.pad_id)
+        rows, owner, ids, mask = collate(batches[i % len(batches)], trainer.pad_id)
         start = time.perf_counter()
         loss = trainer.model(trainer.train_split.features[rows].float(), ids, mask, owner=owner)
         opt.zero_grad(set_to_none=True)
