@@ -16,6 +16,7 @@ An optional **output vocabulary** (``set_output_vocab``: the token ids of the tr
 the stop tokens) restricts the softmax to those ids in training, scoring and decoding alike. Most of
 a big multilingual LM's vocabulary never occurs in captions (Gemma-3: 262,144 entries), and its output
 layer is then about half of a training step; restricted, it costs a few percent.
+
 Shapes: B captions/images, k prefix length, P context length (bos + k + prompt), T tokens, D LM width.
 """
 
