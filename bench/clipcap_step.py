@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     train = [x for x in lines if x["split"] == "train"]
     if cfg.clipcap.output_vocab == "captions":  # the vocabulary of the full train split, as a real run has
         m = trainer.model
-        m.set_output_vocab({i for x in train for lang in trainer.langs for t in x["captions"].get(lang, [])
-                            if t.strip() for i in m.encode_caption(t, lang)[1:]})
+        m.set_output_vocab({lang: {i for x in train for t in x["captions"].get(lang, []) if t.strip()
+                                   for i in m.encode_caption(t, lang)[1:]} for lang in trainer.langs})
     sec = step_seconds(trainer, steps=args.steps)
     per_step = cfg.train.batch_size
     lens = [len(ids) - 1 for _, ids in trainer.pool]  # caption tokens + eos (the lang index is not a token)

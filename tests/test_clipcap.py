@@ -299,12 +299,14 @@ def test_random_init_lm_keeps_architecture_and_tokenizer(parts):
 # ---- the output vocabulary (softmax over the training captions' tokens only) ---------------------
 
 CAPTIONS = ["a dog runs", "a cat, a man!", "a man and a dog"]
+GERMAN = ["ein hund", "ein mann"]
 
 
 def _vocab_captioner(parts, **kw) -> ClipCapCaptioner:
     cap = _captioner(parts, output_vocab="captions", **kw)
     m = cap.model
-    m.set_output_vocab({i for t in CAPTIONS for i in m.encode_caption(t, "en")[1:]})
+    m.set_output_vocab({"en": {i for t in CAPTIONS for i in m.encode_caption(t, "en")[1:]},
+                        "de": {i for t in GERMAN for i in m.encode_caption(t, "de")[1:]}})
     return cap
 
 
@@ -313,14 +315,15 @@ def test_output_vocab_loss_is_the_restricted_softmax_and_the_score_agrees(parts)
 
     cap = _vocab_captioner(parts)
     m = cap.model
-    allowed = set(m.output_vocab.tolist())
+    allowed = set(m.vocab_by_lang["en"])
     assert set(m.stop_ids) <= allowed and len(allowed) < len(m.tok) // 2
+    assert set(m.output_vocab.tolist()) == allowed | set(m.vocab_by_lang["de"]) != allowed
     feats = torch.randn(2, 1, 24)
     caps = [m.encode_caption(t, "en") for t in CAPTIONS[:2]]
     rows, owner, ids, mask = collate([Unit(0, [caps[0]]), Unit(1, [caps[1]])], m.pad_id)
     loss = m(feats, ids, mask, owner=owner, label_smoothing=0.1)
-    # by hand: the LM's full logits, cut to the allowed ids, then the cross-entropy there
-    vocab = m.output_vocab
+    # by hand: the LM's full logits, cut to the ids English allows, then the cross-entropy there
+    vocab = torch.tensor(m.vocab_by_lang["en"])
     total, n = 0.0, 0
     for i, c in enumerate(caps):
         embeds, attn = m.context(feats[i : i + 1], "en")
@@ -335,34 +338,41 @@ def test_output_vocab_loss_is_the_restricted_softmax_and_the_score_agrees(parts)
     one = collate([Unit(0, [caps[0]])], m.pad_id)
     embeds, attn = m.context(feats[:1], "en")
     seq = torch.tensor([caps[0][1:]])
-    score = m.token_logprobs(embeds, attn, seq, torch.ones_like(seq))
+    score = m.token_logprobs(embeds, attn, seq, torch.ones_like(seq), "en")
     assert score.item() == pytest.approx(-m(feats[:1], *one[2:], owner=one[1]).item(), rel=1e-4)
-    with pytest.raises(polycap.PolycapError, match="outside the model's output vocabulary"):
-        bad = collate([Unit(0, [m.encode_caption("zebra zebra", "en")])], m.pad_id)
-        m(feats[:1], *bad[2:], owner=bad[1])
+    for text, lang in (("zebra zebra", "en"), ("a cat runs", "de")):  # unknown anywhere; English, not German
+        bad = collate([Unit(0, [m.encode_caption(text, lang)])], m.pad_id)
+        with pytest.raises(polycap.PolycapError, match="outside the output vocabulary of their language"):
+            m(feats[:1], *bad[2:], owner=bad[1])
+    with pytest.raises(polycap.PolycapError, match="exactly the model's languages"):
+        m.set_output_vocab({"en": [1]})
 
 
 def test_output_vocab_decoding_stays_inside_it_and_beam_beats_greedy(parts, photo_dir, tmp_path):
     cap = _vocab_captioner(parts)
     m = cap.model
-    allowed = set(m.output_vocab.tolist())
     imgs = sorted(photo_dir.iterdir())
     from polycap.images import load_image
 
     feats = cap.encode([load_image(p) for p in imgs])
-    for kw in ({}, {"num_beams": 3}, {"do_sample": True, "top_k": 0, "temperature": 1.5}):
-        seqs = m.generate(feats, "en", max_new_tokens=8, **kw)
-        used = set(seqs[m.sequence_mask(seqs).bool()].tolist())
-        assert used <= allowed, (kw, used - allowed)
-    for img in imgs:
-        greedy = cap.caption(img, max_new_tokens=6)
-        beam = cap.caption(img, max_new_tokens=6, num_beams=4)
-        assert beam.score >= greedy.score - 1e-4, (img.name, greedy, beam)
+    for lang in ("en", "de"):
+        allowed = set(m.vocab_by_lang[lang])
+        for kw in ({}, {"num_beams": 3}, {"do_sample": True, "top_k": 0, "temperature": 1.5}):
+            seqs = m.generate(feats, lang, max_new_tokens=8, **kw)
+            used = set(seqs[m.sequence_mask(seqs).bool()].tolist())
+            assert used <= allowed, (lang, kw, used - allowed)
+        for img in imgs:
+            greedy = cap.caption(img, lang=lang, max_new_tokens=6)
+            beam = cap.caption(img, lang=lang, max_new_tokens=6, num_beams=4)
+            assert beam.score >= greedy.score - 1e-4, (img.name, greedy, beam)
     before = [c.text for c in cap.caption_many(imgs, num_beams=2, max_new_tokens=6)]
     cap.save(tmp_path / "m")
-    assert json.loads((tmp_path / "m" / "output_vocab.json").read_text()) == sorted(allowed)
+    assert json.loads((tmp_path / "m" / "output_vocab.json").read_text()) == m.vocab_by_lang
     again = polycap.load(str(tmp_path / "m"), device="cpu")
     assert [c.text for c in again.caption_many(imgs, num_beams=2, max_new_tokens=6)] == before
+    shared = sorted(set(m.vocab_by_lang["en"]) | set(m.vocab_by_lang["de"]))
+    (tmp_path / "m" / "output_vocab.json").write_text(json.dumps(shared))  # one list: every language's
+    assert polycap.load(str(tmp_path / "m"), device="cpu").model.vocab_by_lang == {"en": shared, "de": shared}
     (tmp_path / "m" / "output_vocab.json").unlink()
     with pytest.raises(polycap.PolycapError, match="output_vocab.json is missing"):
         polycap.load(str(tmp_path / "m"), device="cpu")
@@ -399,12 +409,14 @@ def test_training_with_output_vocab_lowers_loss_and_saves_it(manifest, parts, tm
     cfg = load_config(None, _train_args(manifest, parts, tmp_path, "clipcap.output_vocab=captions", "clipcap.mode=full",
                                         "train.epochs=3"))
     trainer = make_trainer(cfg, run, progress=False)
-    want = {i for _, ids in trainer.pool for i in ids[1:]} | set(trainer.model.stop_ids)
-    assert set(trainer.model.output_vocab.tolist()) == want
+    m = trainer.model
+    want = {lang: sorted({i for _, ids in trainer.pool if ids[0] == m.lang_index(lang) for i in ids[1:]}
+                         | set(m.stop_ids)) for lang in ("en", "de")}
+    assert m.vocab_by_lang == want and want["en"] != want["de"]
     trainer.run()
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"] * 0.9, [e["loss"] for e in log]
-    assert json.loads((run / "best" / "output_vocab.json").read_text()) == sorted(want)
+    assert json.loads((run / "best" / "output_vocab.json").read_text()) == want
     assert json.loads((run / "best" / "config.json").read_text())["output_vocab"] == "captions"
     first = json.loads(manifest.read_text().splitlines()[0])["image"]
     assert polycap.load(str(run / "best"), device="cpu").caption(first, lang="de").ok

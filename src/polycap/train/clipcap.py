@@ -51,9 +51,13 @@ class ClipCapTrainer(Trainer):
             for row, it in enumerate(items) for lang in self.langs
             for text in it.captions.get(lang, []) if text.strip()
         ]
-        if c.output_vocab == "captions":  # every token of the training captions, in any language
-            self.model.set_output_vocab({i for _, ids in self.pool for i in ids[1:]})
-            log.info("clipcap: output vocabulary of %d ids", len(self.model.output_vocab))
+        if c.output_vocab == "captions":  # each language: every token of its training captions
+            by_lang: dict[str, set[int]] = {lang: set() for lang in self.langs}
+            for _, ids in self.pool:
+                by_lang[self.model.languages[ids[0]]].update(ids[1:])
+            self.model.set_output_vocab(by_lang)
+            log.info("clipcap: output vocabulary of %s ids",
+                     ", ".join(f"{k} {len(v)}" for k, v in self.model.vocab_by_lang.items()))
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("clipcap: %d trainable parameters (%s mode), %d captions", n, c.mode, len(self.pool))
 

@@ -90,7 +90,7 @@ class ClipCapSection:
     mode: str = "mapper"  # "mapper" (LM frozen), "lora" (+ peft LoRA on the LM), "full"
     lora: dict[str, Any] = field(default_factory=dict)  # r, alpha, dropout, target_modules
     prompt: str | dict[str, str] | None = None  # text after the prefix; "{language}" is filled in
-    output_vocab: str = "full"  # "captions": the softmax covers only the training captions' tokens (faster)
+    output_vocab: str = "full"  # "captions": each language's softmax covers only its training captions' tokens
 
 
 @dataclass

@@ -65,7 +65,7 @@ class ClipCapCaptioner(FeatureCaptioner):
             save_file(state, str(folder / "adapters" / f"{lang}.safetensors"), metadata={"lang": lang})
         cfg = self.cfg
         if self.model.output_vocab is not None:
-            (folder / "output_vocab.json").write_text(json.dumps(self.model.output_vocab.tolist()), encoding="utf-8")
+            (folder / "output_vocab.json").write_text(json.dumps(self.model.vocab_by_lang), encoding="utf-8")
         if cfg.mode == "lora":
             self.model.lm.save_pretrained(str(folder / "lora"))
         elif cfg.mode == "full":
@@ -92,7 +92,7 @@ class ClipCapCaptioner(FeatureCaptioner):
         mask = m.sequence_mask(seqs)
         embeds, attn = m.context(features, options.lang)
         scores = m.token_logprobs(
-            embeds.repeat_interleave(k, dim=0), attn.repeat_interleave(k, dim=0), seqs, mask
+            embeds.repeat_interleave(k, dim=0), attn.repeat_interleave(k, dim=0), seqs, mask, options.lang
         ).tolist()
         texts = [self._text(s[mk.bool()].tolist()) for s, mk in zip(seqs, mask)]
         out = []

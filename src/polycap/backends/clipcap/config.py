@@ -4,7 +4,7 @@ A folder holds::
 
     config.json              this dataclass
     adapters/<lang>.safetensors   one mapping network per language (the prefix adapters)
-    output_vocab.json        the allowed output token ids (``output_vocab: captions`` only)
+    output_vocab.json        the allowed output token ids per language (``output_vocab: captions`` only)
     lora/                    peft LoRA weights of the LM (mode "lora" only)
     lm/                      the fine-tuned LM itself (mode "full" only)
     README.md                the model card
@@ -93,8 +93,8 @@ class ClipCapConfig(JsonConfig):
     mode: str = "mapper"  # how it was trained: "mapper" (LM frozen), "lora", "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_length: int = 40  # caption tokens in training, and the cap on max_new_tokens
-    # "full": the LM's whole vocabulary; "captions": the softmax covers only the ids in output_vocab.json
-    # (the training captions' tokens + the stop tokens), in training and decoding alike
+    # "full": the LM's whole vocabulary; "captions": each language's softmax covers only its ids in
+    # output_vocab.json (its training captions' tokens + the stop tokens), in training and decoding alike
     output_vocab: str = "full"
     generation: dict[str, Any] = field(default_factory=dict)
     model_card: dict[str, Any] = field(default_factory=dict)  # measured scores etc., free form

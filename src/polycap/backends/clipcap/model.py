@@ -67,8 +67,11 @@ class ClipCapModel(nn.Module):
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
         self.stop_ids = sorted({self.eos_id, *map(int, gen_eos), *newline_token_ids(tokenizer)})
         self.prompt_ids = {lang: self._encode(cfg.prompt_for(lang)) for lang in self.languages}
-        self.output_vocab: torch.Tensor | None = None  # sorted allowed ids; None: the LM's whole vocabulary
+        # the output vocabulary (set_output_vocab); None: the LM's whole vocabulary
+        self.output_vocab: torch.Tensor | None = None  # (V',) sorted ids allowed in any language
         self._vocab_index: torch.Tensor | None = None  # (V,) id -> its index in output_vocab, -1 outside
+        self._lang_mask: torch.Tensor | None = None  # (languages, V') 0 where the language allows the id, -inf not
+        self.vocab_by_lang: dict[str, list[int]] | None = None
         self.set_mode(cfg.mode)
 
     # ---- the output vocabulary ---------------------------------------------------------------
@@ -77,22 +80,37 @@ class ClipCapModel(nn.Module):
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def set_output_vocab(self, ids: Any) -> None:
-        """Restrict the softmax to ``ids`` (the stop tokens are always added), or lift it with None.
+        """Restrict the softmax to allowed ids: one collection for every language, or ``{lang: ids}``
+        (each language's own; every language of the model needs one). The stop tokens are always
+        allowed; None lifts the restriction.
 
         Checked once on a random input: the restricted logits must equal the LM's own logits at
         those ids (an LM whose output layer is more than a linear head and final soft-capping is
         refused)."""
         if ids is None:
-            self.output_vocab = self._vocab_index = None
+            self.output_vocab = self._vocab_index = self._lang_mask = self.vocab_by_lang = None
             return
+        if isinstance(ids, dict):
+            missing, extra = set(self.languages) - set(ids), set(ids) - set(self.languages)
+            if missing or extra:
+                raise PolycapError(f"the output vocabulary must name exactly the model's languages "
+                                   f"({', '.join(self.languages)}); missing {sorted(missing)}, "
+                                   f"unexpected {sorted(extra)}")
+            by_lang = {lang: sorted({*map(int, ids[lang]), *self.stop_ids}) for lang in self.languages}
+        else:
+            shared = sorted({*map(int, ids), *self.stop_ids})
+            by_lang = {lang: shared for lang in self.languages}
         size = self._hf_lm().get_output_embeddings().weight.shape[0]
-        allowed = sorted({*map(int, ids), *self.stop_ids})
+        allowed = sorted(set().union(*by_lang.values()))
         if allowed[0] < 0 or allowed[-1] >= size:
             raise PolycapError(f"output vocabulary ids must lie in [0, {size}); got {allowed[0]}..{allowed[-1]}")
         vocab = torch.tensor(allowed, dtype=torch.long)
         index = torch.full((size,), -1, dtype=torch.long)
         index[vocab] = torch.arange(len(allowed))
-        self.output_vocab, self._vocab_index = vocab, index
+        lang_mask = torch.full((len(self.languages), len(allowed)), float("-inf"))
+        for i, lang in enumerate(self.languages):
+            lang_mask[i, index[torch.tensor(by_lang[lang])]] = 0.0
+        self.output_vocab, self._vocab_index, self._lang_mask, self.vocab_by_lang = vocab, index, lang_mask, by_lang
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             e = torch.randn(1, 3, self.cfg.lm_width) * 0.02
@@ -101,7 +119,7 @@ class ClipCapModel(nn.Module):
             full = self.lm(inputs_embeds=e).logits[0][:, vocab.to(dev)].float()
             mine = self.vocab_logits(self._hidden(e, torch.ones(1, 3, dtype=torch.long, device=dev))[0]).float()
         if not torch.allclose(full, mine, rtol=1e-3, atol=1e-3 * (1 + float(full.abs().max()))):
-            self.output_vocab = self._vocab_index = None
+            self.set_output_vocab(None)
             raise PolycapError("this LM's output layer is not a plain linear head (with optional final "
                                "soft-capping), so an output vocabulary cannot be used with it")
 
@@ -125,6 +143,10 @@ class ClipCapModel(nn.Module):
     def vocab_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids -> their indices in the output vocabulary (-1 outside it)."""
         return self._vocab_index.to(ids.device)[ids]
+
+    def lang_vocab_mask(self, lang_idx: torch.Tensor) -> torch.Tensor:
+        """(...,) language indices -> (..., V') additive masks: 0 where that language allows the id."""
+        return self._lang_mask.to(lang_idx.device)[lang_idx]
 
     # ---- tokens ------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -246,12 +268,20 @@ class ClipCapModel(nn.Module):
         targets = labels[:, 1:]  # position t predicts token t + 1
         if self.output_vocab is not None:  # the output layer runs on the allowed ids only
             keep = targets != -100
+            mask_k = self.lang_vocab_mask(lang_idx[:, None].expand_as(targets)[keep])  # (K, V'), each row's language
             tgt = self.vocab_positions(targets[keep])
-            if bool((tgt < 0).any()):
-                bad = sorted(set(targets[keep][tgt < 0].tolist()))[:5]
-                raise PolycapError(f"caption token ids {bad} are outside the model's output vocabulary")
-            logits = self.vocab_logits(self._hidden(embeds, attn)[:, :-1][keep])  # (K, V')
-            return nn.functional.cross_entropy(logits.float(), tgt, label_smoothing=label_smoothing)
+            outside = (tgt < 0) | torch.isinf(mask_k.gather(1, tgt.clamp(min=0)[:, None]).squeeze(1))
+            if bool(outside.any()):
+                bad = sorted(set(targets[keep][outside].tolist()))[:5]
+                raise PolycapError(f"caption token ids {bad} are outside the output vocabulary of their language")
+            logits = self.vocab_logits(self._hidden(embeds, attn)[:, :-1][keep]).float() + mask_k  # (K, V')
+            logp = torch.log_softmax(logits, dim=-1)
+            loss = -logp.gather(1, tgt[:, None]).squeeze(1)
+            if label_smoothing:  # spread over the ids the row's language allows (cross_entropy's rule there)
+                allowed = torch.isfinite(mask_k)
+                uniform = -logp.masked_fill(~allowed, 0.0).sum(1) / allowed.sum(1)
+                loss = (1 - label_smoothing) * loss + label_smoothing * uniform
+            return loss.mean()
         if self._keeps_logits:  # the output layer runs only where a caption token is predicted
             keep = torch.cat([targets != -100, torch.zeros(b, 1, dtype=torch.bool, device=dev)], dim=1)
             logits = self.lm(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep).logits  # (K, V)
@@ -290,7 +320,8 @@ class ClipCapModel(nn.Module):
         if self.output_vocab is not None:
             from transformers import LogitsProcessorList
 
-            extra["logits_processor"] = LogitsProcessorList([_vocab_processor(self._vocab_index)])
+            allowed = torch.tensor(self.vocab_by_lang[lang], dtype=torch.long)
+            extra["logits_processor"] = LogitsProcessorList([_vocab_processor(allowed, self._vocab_index.shape[0])])
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen, **extra)
 
     def sequence_mask(self, seqs: torch.Tensor) -> torch.Tensor:
@@ -300,14 +331,18 @@ class ClipCapModel(nn.Module):
         return (~after).long()
 
     def token_logprobs(
-        self, embeds: torch.Tensor, attn: torch.Tensor, seqs: torch.Tensor, mask: torch.Tensor
+        self, embeds: torch.Tensor, attn: torch.Tensor, seqs: torch.Tensor, mask: torch.Tensor, lang: str | None = None
     ) -> torch.Tensor:
-        """Mean log-probability of each sequence's tokens (where ``mask``) after its context."""
+        """Mean log-probability of each sequence's tokens (where ``mask``) after its context; with an
+        output vocabulary, under ``lang``'s restricted softmax."""
         full = torch.cat([embeds, self.embed(seqs)], dim=1)
         full_mask = torch.cat([attn, mask], dim=1)
         p = embeds.shape[1]
         if self.output_vocab is not None:
+            if lang is None:
+                raise PolycapError("token_logprobs needs the language when the model has an output vocabulary")
             logits = self.vocab_logits(self._hidden(full, full_mask)[:, p - 1 : -1])  # (B, T, V')
+            logits = logits.float() + self._lang_mask[self.lang_index(lang)].to(logits.device)
             seqs = self.vocab_positions(seqs).clamp(min=0)  # only padding (masked below) lies outside
         else:
             logits = self.lm(inputs_embeds=full, attention_mask=full_mask).logits[:, p - 1 : -1]
@@ -317,8 +352,8 @@ class ClipCapModel(nn.Module):
         return (tok * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-def _vocab_processor(index: torch.Tensor) -> Any:
-    """A transformers logits processor: log-softmax over the ids with ``index >= 0`` (-inf elsewhere).
+def _vocab_processor(allowed: torch.Tensor, size: int) -> Any:
+    """A transformers logits processor: log-softmax over the ``allowed`` ids only (-inf elsewhere).
 
     Renormalising (not only masking) makes beam search maximise the same restricted
     log-probabilities that training optimises and ``token_logprobs`` reports; greedy and sampling
@@ -327,7 +362,8 @@ def _vocab_processor(index: torch.Tensor) -> Any:
 
     class OutputVocab(LogitsProcessor):
         def __init__(self) -> None:
-            self.mask = torch.where(index >= 0, 0.0, float("-inf"))
+            self.mask = torch.full((size,), float("-inf"))
+            self.mask[allowed] = 0.0
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             return torch.log_softmax(scores.float() + self.mask.to(scores.device), dim=-1).to(scores.dtype)
