@@ -420,3 +420,35 @@ def test_training_with_output_vocab_lowers_loss_and_saves_it(manifest, parts, tm
     assert json.loads((run / "best" / "config.json").read_text())["output_vocab"] == "captions"
     first = json.loads(manifest.read_text().splitlines()[0])["image"]
     assert polycap.load(str(run / "best"), device="cpu").caption(first, lang="de").ok
+
+
+def test_merge_adapters_from_separate_runs(parts, photo_dir, tmp_path):
+    from polycap.cli import main
+
+    en = _captioner(parts, languages=["en"], output_vocab="captions", prompt=None, seed=1)
+    en.model.set_output_vocab({"en": {i for t in CAPTIONS for i in en.model.encode_caption(t, "en")[1:]}})
+    de = _captioner(parts, languages=["de"], output_vocab="captions", seed=2)
+    de.model.set_output_vocab({i for t in GERMAN for i in de.model.encode_caption(t, "de")[1:]})  # one list
+    en.save(tmp_path / "en")
+    de.save(tmp_path / "de")
+    imgs = sorted(photo_dir.iterdir())
+    want = {lang: [c.text for c in cap.caption_many(imgs, lang=lang, num_beams=2, max_new_tokens=6)]
+            for lang, cap in (("en", en), ("de", de))}
+    assert main(["merge-adapters", str(tmp_path / "en"), str(tmp_path / "de"), "--out", str(tmp_path / "both"),
+                 "--name", "clipcap-both"]) == 0
+    both = polycap.load(str(tmp_path / "both"), device="cpu")
+    assert both.model.languages == ["en", "de"] and both.name == "clipcap-both"
+    assert both.model.vocab_by_lang == {"en": en.model.vocab_by_lang["en"], "de": de.model.vocab_by_lang["de"]}
+    assert both.model.prompt_ids["de"] == de.model.prompt_ids["de"]  # "Deutsch:" came along
+    for lang in ("en", "de"):
+        assert [c.text for c in both.caption_many(imgs, lang=lang, num_beams=2, max_new_tokens=6)] == want[lang]
+    # what cannot be merged is refused with the reason
+    assert main(["merge-adapters", str(tmp_path / "en"), str(tmp_path / "en"), "--out", str(tmp_path / "x")]) == 2
+    other = _captioner(parts, languages=["fr"], mapper=MapperConfig(type="mlp", prefix_length=2, hidden=32))
+    other.save(tmp_path / "fr")
+    from polycap.backends.clipcap.merge import merge_folders
+
+    with pytest.raises(polycap.PolycapError, match="differs .* in 'mapper'"):
+        merge_folders([tmp_path / "en", tmp_path / "fr"], tmp_path / "y")
+    with pytest.raises(polycap.PolycapError, match="more than one folder"):
+        merge_folders([tmp_path / "en", tmp_path / "en"], tmp_path / "z")

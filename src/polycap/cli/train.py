@@ -38,3 +38,19 @@ def train_cmd(
     except PolycapError as e:
         raise usage_error(str(e)) from e
     typer.echo(json.dumps(summary))
+
+
+@app.command("merge-adapters")
+def merge_adapters_cmd(
+    folders: list[Path] = typer.Argument(..., help="clipcap model folders (e.g. runs/en/best runs/de/best)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The merged model folder (new or empty)."),
+    name: str | None = typer.Option(None, "--name", help="Model name (default: the first folder's)."),
+) -> None:
+    """Merge clipcap folders over the same encoder and frozen LM into one multilingual model folder."""
+    from polycap.backends.clipcap.merge import merge_folders
+
+    try:
+        cfg = merge_folders(folders, out, name=name)
+    except PolycapError as e:
+        raise usage_error(str(e)) from e
+    typer.echo(json.dumps({"out": str(out), "languages": cfg.languages}))
