@@ -34,18 +34,17 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from polycap.train.config import load_config
-    from polycap.train.data import collate, epoch_batches, epoch_units
-    from polycap.train.trainer import PER_IMAGE, Trainer
+    from polycap.train.data import collate
+    from polycap.train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix="train-step-")), progress=False)
     opt, _ = trainer._optimizer()
-    per = max(1, cfg.train.batch_size // PER_IMAGE)
     windows = [int(w) for w in args.windows.split(",")]
     plans, stats = {}, {}
     for w in windows:
-        batches = epoch_batches(epoch_units(trainer.pool, PER_IMAGE, 0, by_length=w > 0), per, w, 0)
+        batches = trainer.epoch_plan(0, window=w)
         padded = real = 0
         for b in batches:
             lens = [len(c) for u in b for c in u.captions]

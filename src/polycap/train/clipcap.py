@@ -78,11 +78,9 @@ def step_seconds(trainer: ClipCapTrainer, steps: int = 5, warmup: int = 1) -> fl
     """Mean wall time of one optimisation step on batches drawn as the epoch draws them (for sizing runs)."""
     import time
 
-    from polycap.train.data import collate, epoch_batches, epoch_units
+    from polycap.train.data import collate
 
-    t = trainer.cfg.train
-    units = epoch_units(trainer.pool, 4, 0, by_length=t.bucket_window > 0)
-    batches = epoch_batches(units, max(1, t.batch_size // 4), t.bucket_window, 0)
+    batches = trainer.epoch_plan(0)
     opt, _ = trainer._optimizer()
     trainer.model.train()
     times = []

@@ -101,9 +101,18 @@ class Trainer:
         )
 
     # ---- the loop ------------------------------------------------------------------------------
+    def epoch_plan(self, seed: int, window: int | None = None) -> list:
+        """One epoch's batches of units, drawn as training draws them (deterministic in ``seed``).
+
+        ``window`` overrides ``train.bucket_window`` (the step benchmarks compare both).
+        """
+        t = self.cfg.train
+        w = t.bucket_window if window is None else window
+        units = epoch_units(self.pool, PER_IMAGE, seed, by_length=w > 0)
+        return epoch_batches(units, max(1, t.batch_size // PER_IMAGE), w, seed)
+
     def steps_per_epoch(self) -> int:
-        units = epoch_units(self.pool, PER_IMAGE, 0)
-        return math.ceil(len(units) / max(1, self.cfg.train.batch_size // PER_IMAGE))
+        return len(self.epoch_plan(0))
 
     def _optimizer(self, scst: bool = False):
         """AdamW and its schedule: cross-entropy (warm-up + cosine) or SCST (``scst.lr``, times
@@ -141,12 +150,9 @@ class Trainer:
         if resume:
             state = load_checkpoint(ckpt, self.model, opt, sched)
             log.warning("resuming at epoch %d step %d", state["epoch"], state["step_in_epoch"])
-        images_per_batch = max(1, t.batch_size // PER_IMAGE)
         while state["epoch"] < t.epochs and state["bad_epochs"] < t.patience and state.get("phase") != "scst":
             start = time.time()
-            seed = t.seed * 1000 + state["epoch"]
-            units = epoch_units(self.pool, PER_IMAGE, seed, by_length=t.bucket_window > 0)
-            batches = epoch_batches(units, images_per_batch, t.bucket_window, seed)
+            batches = self.epoch_plan(t.seed * 1000 + state["epoch"])
             loss = self._train_epoch(batches, opt, sched, state, ckpt)
             if loss is None:  # max_steps reached mid-epoch
                 break

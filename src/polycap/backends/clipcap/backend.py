@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from polycap.backends.base import Capabilities
-from polycap.backends.clipcap.config import ClipCapConfig
+from polycap.backends.clipcap.config import ClipCapConfig, read_output_vocab
 from polycap.backends.clipcap.encoders import build_encoder
 from polycap.backends.clipcap.lm import load_lm
 from polycap.backends.clipcap.model import ClipCapModel
@@ -41,11 +41,7 @@ class ClipCapCaptioner(FeatureCaptioner):
             lm = PeftModel.from_pretrained(lm, str(folder / "lora"))
         model = ClipCapModel(cfg, lm, tok)
         if cfg.output_vocab == "captions":
-            vocab_file = folder / "output_vocab.json"
-            if not vocab_file.is_file():
-                raise PolycapError(f"{folder}: config.json says output_vocab: captions, "
-                                   "but output_vocab.json is missing")
-            model.set_output_vocab(json.loads(vocab_file.read_text(encoding="utf-8")))
+            model.set_output_vocab(read_output_vocab(folder, cfg.languages))
         for lang in cfg.languages:
             path = folder / "adapters" / f"{lang}.safetensors"
             if not path.is_file():

@@ -15,7 +15,9 @@ The language model is referenced, not copied, unless it was fine-tuned (``lm/``)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from polycap.backends.model_config import JsonConfig
@@ -133,6 +135,21 @@ class ClipCapConfig(JsonConfig):
         cfg.check()
         return cfg
 
+
+
+def read_output_vocab(folder: str | Path, languages: list[str]) -> dict[str, list[int]]:
+    """A folder's ``output_vocab.json`` as ``{lang: ids}`` for ``languages``; the file holds either that
+    mapping or one list of ids shared by every language."""
+    path = Path(folder) / "output_vocab.json"
+    if not path.is_file():
+        raise PolycapError(f"{folder}: config.json says output_vocab: captions, but output_vocab.json is missing")
+    ids = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(ids, list):
+        return {lang: ids for lang in languages}
+    missing = [lang for lang in languages if lang not in ids]
+    if missing:
+        raise PolycapError(f"{path} has no ids for {', '.join(missing)}")
+    return {lang: ids[lang] for lang in languages}
 
 
 def _typed(cls: type, values: dict[str, Any], what: str) -> Any:

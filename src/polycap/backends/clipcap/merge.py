@@ -12,7 +12,7 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from polycap.backends.clipcap.config import ClipCapConfig
+from polycap.backends.clipcap.config import ClipCapConfig, read_output_vocab
 from polycap.errors import PolycapError
 
 # what every merged folder must agree on: the same image features, mapper shape and LM
@@ -58,8 +58,7 @@ def merge_folders(folders: list[str | Path], out: str | Path, name: str | None =
                 raise PolycapError(f"{f} has no adapter for {lang!r} ({src.name} missing in adapters/)")
             shutil.copyfile(src, out / "adapters" / src.name)
         if c.output_vocab == "captions":
-            ids = json.loads((f / "output_vocab.json").read_text(encoding="utf-8"))
-            vocab.update({lang: ids[lang] if isinstance(ids, dict) else ids for lang in c.languages})
+            vocab.update(read_output_vocab(f, c.languages))
     if vocab:
         (out / "output_vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     merged.save(out)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from polycap.backends.clipcap.config import ClipCapConfig
 from polycap.backends.clipcap.mapper import build_mapper
@@ -312,16 +313,12 @@ class ClipCapModel(nn.Module):
 
     def generate(self, features: torch.Tensor, lang: str, **generate_kwargs: Any) -> torch.Tensor:
         """(B * num_return_sequences, T) new token ids; finished rows are padded with pad_id."""
-        from transformers import GenerationConfig
-
         embeds, attn = self.context(features, lang)
         gen = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id, **generate_kwargs)
         extra = {}
         if self.output_vocab is not None:
-            from transformers import LogitsProcessorList
-
             allowed = torch.tensor(self.vocab_by_lang[lang], dtype=torch.long)
-            extra["logits_processor"] = LogitsProcessorList([_vocab_processor(allowed, self._vocab_index.shape[0])])
+            extra["logits_processor"] = LogitsProcessorList([OutputVocabProcessor(allowed, self._vocab_index.shape[0])])
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen, **extra)
 
     def sequence_mask(self, seqs: torch.Tensor) -> torch.Tensor:
@@ -352,20 +349,16 @@ class ClipCapModel(nn.Module):
         return (tok * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-def _vocab_processor(allowed: torch.Tensor, size: int) -> Any:
+class OutputVocabProcessor(LogitsProcessor):
     """A transformers logits processor: log-softmax over the ``allowed`` ids only (-inf elsewhere).
 
     Renormalising (not only masking) makes beam search maximise the same restricted
     log-probabilities that training optimises and ``token_logprobs`` reports; greedy and sampling
     choose as they would from the masked logits."""
-    from transformers import LogitsProcessor
 
-    class OutputVocab(LogitsProcessor):
-        def __init__(self) -> None:
-            self.mask = torch.full((size,), float("-inf"))
-            self.mask[allowed] = 0.0
+    def __init__(self, allowed: torch.Tensor, size: int) -> None:
+        self.mask = torch.full((size,), float("-inf"))
+        self.mask[allowed] = 0.0
 
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            return torch.log_softmax(scores.float() + self.mask.to(scores.device), dim=-1).to(scores.dtype)
-
-    return OutputVocab()
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(scores.float() + self.mask.to(scores.device), dim=-1).to(scores.dtype)
