@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import polycap
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "flickr8k"
 
@@ -41,3 +43,19 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     trunc = d / "trunc.png"
     trunc.write_bytes(good.read_bytes()[:40])
     return {"empty": d / "empty.jpg", "text": d / "text.jpg", "truncated": trunc, "missing": d / "nope.jpg", "ok": good}
+
+
+@pytest.fixture(scope="session")
+def load_registered():
+    """``load(name)``: a registered model, loaded once per session with the hub switched off (an
+    offline model must not need it); the contract tests and the shipped-model tests share it."""
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("HF_HUB_OFFLINE", "1")
+                loaded[name] = polycap.load(name, device="cpu")
+        return loaded[name]
+
+    return load

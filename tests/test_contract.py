@@ -12,8 +12,8 @@ MODELS = [m["name"] for m in polycap.list_models() if m["offline"]]
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def captioner(request):
-    return polycap.load(request.param, device="cpu")
+def captioner(request, load_registered):
+    return load_registered(request.param)
 
 
 def _langs(captioner) -> list[str]:
