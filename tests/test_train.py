@@ -59,7 +59,7 @@ def test_loss_falls_and_best_model_loads(manifest, tmp_path):
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
 
 
-@pytest.mark.parametrize("bucket", ["train.bucket_window=0", "train.bucket_window=3"])
+@pytest.mark.parametrize("bucket", ["train.bucket_window=0", "train.bucket_window=3", "train.ema=0.9"])
 def test_resume_mid_epoch_equals_uninterrupted_run(manifest, tmp_path, bucket):
     cache = tmp_path / "cache"
     full = tmp_path / "full"
@@ -72,7 +72,33 @@ def test_resume_mid_epoch_equals_uninterrupted_run(manifest, tmp_path, bucket):
     a = (full / "checkpoint" / "model.safetensors").read_bytes()
     b = (part / "checkpoint" / "model.safetensors").read_bytes()
     assert a == b, "resumed run diverged from the uninterrupted one"
+    if "ema" in bucket:  # the moving average continues too
+        assert (full / "checkpoint" / "ema.safetensors").read_bytes() == (part / "checkpoint" / "ema.safetensors").read_bytes()
     assert [e["loss"] for e in _log(full)] == pytest.approx([e["loss"] for e in _log(part)], rel=1e-6)
+
+
+def test_ema_weights_are_validated_and_saved_as_best(manifest, tmp_path):
+    """With train.ema the per-epoch validation and best/ use the moving average, not the live weights."""
+    from safetensors.torch import load_file
+
+    from polycap.train.checkpoint import model_weights
+
+    run = tmp_path / "run"
+    trainer = Trainer(_cfg(manifest, tmp_path / "cache", "train.epochs=1", "train.ema=0.8"), run, progress=False)
+    trainer.run()
+    live = load_file(str(run / "checkpoint" / "model.safetensors"))
+    ema = load_file(str(run / "checkpoint" / "ema.safetensors"))
+    best = load_file(str(run / "best" / "model.safetensors"))
+    assert int(ema.pop("n_averaged")) == trainer.steps_per_epoch()
+    assert set(ema) == set(live)
+    for k, v in ema.items():
+        assert torch.equal(best[k], v), k
+    assert any(not torch.equal(live[k], ema[k]) for k in live), "the average equals the live weights"
+    # the live weights are back in the model after validation (only best/ holds the average)
+    for k, v in model_weights(trainer.model).items():
+        assert torch.equal(v, live[k]), k
+    with pytest.raises(polycap.errors.PolycapError, match="train.ema"):
+        load_config(None, ["train.ema=1.0"])
 
 
 def test_kill_9_then_resume_continues_from_checkpoint(manifest, tmp_path):

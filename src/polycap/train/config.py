@@ -63,6 +63,9 @@ class OptimConfig:
     bucket_window: int = 0
     max_steps: int | None = None  # stop after this many steps in total (smoke tests)
     bf16: bool = False  # bf16 autocast for the forward pass (2-3x faster on CPUs with avx512_bf16/AMX)
+    # > 0: keep an exponential moving average of the weights (this decay per step) during cross-entropy
+    # training; validation, best/ and SCST's start use the averaged weights. 0: off.
+    ema: float = 0.0
 
 
 @dataclass
@@ -155,6 +158,8 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
                                 ("scst.baseline", cfg.scst.baseline, ("greedy", "mean"))):
         if value not in choices:
             raise PolycapError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    if not 0.0 <= cfg.train.ema < 1.0:
+        raise PolycapError(f"train.ema is a decay per step in [0, 1) (0: off); got {cfg.train.ema}")
     if cfg.scst.baseline == "mean" and cfg.scst.samples < 2:
         raise PolycapError(f"scst.baseline=mean needs scst.samples >= 2; got {cfg.scst.samples}")
     return cfg

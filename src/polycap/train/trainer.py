@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Trainer:
         self.val_split = load_split(cfg, cache, cfg.data.val_split, progress)
         self.langs = cfg.data.langs or sorted({k for it in self.train_split.items for k in it.captions})
         self._build_model()
+        self.ema = self._make_ema()
 
     # ---- what differs between architectures (ClipCapTrainer overrides these) -------------------
     def _build_encoder(self) -> Any:
@@ -99,6 +101,29 @@ class Trainer:
             grid_positions=int(n), d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head, dropout=m.dropout,
             max_length=m.max_length, vocab_size=self.tok.vocab_size,
         )
+
+    def _make_ema(self) -> Any:
+        """The moving average of the weights (``train.ema`` > 0), with torch's own AveragedModel."""
+        if not self.cfg.train.ema:
+            return None
+        if hasattr(self.model, "trainable_state_dict"):
+            raise PolycapError("train.ema is for polycap's own models; prefix adapters (clipcap) do not support it")
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema))
+
+    @contextmanager
+    def ema_weights(self):
+        """Inside: the model holds the averaged weights (a no-op without ``train.ema``)."""
+        if self.ema is None:
+            yield
+            return
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(live)
 
     # ---- the loop ------------------------------------------------------------------------------
     def epoch_plan(self, seed: int, window: int | None = None) -> list:
@@ -147,8 +172,10 @@ class Trainer:
             raise PolycapError(f"--resume: no checkpoint in {ckpt}")
         in_scst = resume and json.loads((ckpt / "state.json").read_text()).get("phase") == "scst"
         opt, sched = self._optimizer(scst=in_scst)  # the schedule the checkpoint was written with
+        if in_scst:
+            self.ema = None  # SCST trains without the average (it starts from the averaged best/)
         if resume:
-            state = load_checkpoint(ckpt, self.model, opt, sched)
+            state = load_checkpoint(ckpt, self.model, opt, sched, self.ema)
             log.warning("resuming at epoch %d step %d", state["epoch"], state["step_in_epoch"])
         while state["epoch"] < t.epochs and state["bad_epochs"] < t.patience and state.get("phase") != "scst":
             start = time.time()
@@ -156,7 +183,8 @@ class Trainer:
             loss = self._train_epoch(batches, opt, sched, state, ckpt)
             if loss is None:  # max_steps reached mid-epoch
                 break
-            metrics = self.validate()
+            with self.ema_weights():
+                metrics = self.validate()
             self._end_epoch(state, loss, metrics, time.time() - start, opt, sched, ckpt)
         else:
             if state.get("scst_epoch", 0) < self.cfg.scst.epochs:
@@ -173,6 +201,7 @@ class Trainer:
         s = self.cfg.scst
         if state.get("phase") != "scst":  # start from the best cross-entropy epoch
             self._load_weights(self.out / "best")
+            self.ema = None
             shutil.rmtree(self.out / "best-xe", ignore_errors=True)
             shutil.copytree(self.out / "best", self.out / "best-xe")
             opt, sched = self._optimizer(scst=True)
@@ -194,7 +223,7 @@ class Trainer:
                     bar.update(task, advance=1, description=f"scst epoch {state['scst_epoch'] + 1} "
                                f"reward {mean([x['reward'] for x in stats[-50:]]):.3f}")
                     if state["global_step"] % self.cfg.train.checkpoint_every == 0:
-                        save_checkpoint(ckpt, self.model, opt, sched, state)
+                        save_checkpoint(ckpt, self.model, opt, sched, state, self.ema)
             metrics = self.validate()
             state["scst_epoch"] += 1
             extra = {"phase": "scst", "scst_epoch": state["scst_epoch"],
@@ -226,7 +255,7 @@ class Trainer:
             task = bar.add_task(f"epoch {state['epoch'] + 1}", total=len(batches), completed=state["step_in_epoch"])
             for i in range(state["step_in_epoch"], len(batches)):
                 if t.max_steps is not None and state["global_step"] >= t.max_steps:
-                    save_checkpoint(ckpt, self.model, opt, sched, state)
+                    save_checkpoint(ckpt, self.model, opt, sched, state, self.ema)
                     return None
                 rows, owner, ids, mask = collate(batches[i], self.pad_id)
                 feats = self.train_split.features[rows].float()
@@ -237,12 +266,14 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
                 opt.step()
                 sched.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 total, count = total + loss.item(), count + 1
                 state.update(step_in_epoch=i + 1, global_step=state["global_step"] + 1,
                              epoch_loss_sum=total, epoch_loss_n=count)
                 bar.advance(task)
                 if state["global_step"] % t.checkpoint_every == 0:
-                    save_checkpoint(ckpt, self.model, opt, sched, state)
+                    save_checkpoint(ckpt, self.model, opt, sched, state, self.ema)
         return total / max(1, count)
 
     def val_max_tokens(self) -> int:
@@ -285,14 +316,15 @@ class Trainer:
         state.update(step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
         if improved:
             state.update(best=cider, bad_epochs=0, best_epoch=state["epoch"])
-            self.save_model(self.out / "best")
+            with self.ema_weights():
+                self.save_model(self.out / "best")
         else:
             state["bad_epochs"] += 1
         entry = {"epoch": state["epoch"], "loss": loss, "val": metrics, "mean_cider": cider,
                  "best": improved, "seconds": round(seconds, 1), "lr": sched.get_last_lr()[0], **(extra or {})}
         with (self.out / "log.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
-        save_checkpoint(ckpt, self.model, opt, sched, state)
+        save_checkpoint(ckpt, self.model, opt, sched, state, self.ema)
         if self.progress:
             per_lang = " ".join(f"{k}:{v['CIDEr']:.3f}" for k, v in metrics.items())
             print(f"epoch {state['epoch']}: loss {loss:.3f} val CIDEr {per_lang} ({seconds:.0f}s)", flush=True)
