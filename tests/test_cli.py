@@ -30,6 +30,16 @@ def test_caption_several_languages_jsonl(photo_dir, capsys):
     assert all(r["error"] is None and r["model"] == "polycap-tiny-random" for r in recs)
 
 
+def test_no_repeat_ngram_size_reaches_generate(photo_dir, capsys):
+    """The random tiny model repeats one token ("ititit..."); --no-repeat-ngram-size 1 forbids that."""
+    argv = ["caption", str(photo_dir / "img0.png"), *TINY, "-f", "jsonl", "--max-tokens", "20", "--beams", "2"]
+    texts = []
+    for extra in ([], ["--no-repeat-ngram-size", "1", "--length-penalty", "0.5"]):
+        assert main([*argv, *extra]) == 0
+        texts.append(json.loads(capsys.readouterr().out)["caption"])
+    assert texts[0] != texts[1], texts
+
+
 def test_bad_items_exit_1_and_reported(photo_dir, bad_files, capsys):
     inputs = [str(photo_dir / "img0.png"), str(bad_files["empty"]), str(bad_files["missing"])]
     code = main(["caption", *inputs, *TINY, "-f", "json"])

@@ -48,6 +48,12 @@ def caption_cmd(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
     top_k: int | None = typer.Option(None, "--top-k", help="Top-k sampling."),
     num_return: int = typer.Option(1, "--num-return", help="Captions returned per image (alternatives)."),
+    no_repeat: int = typer.Option(
+        0, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram of this many tokens (0: off)."
+    ),
+    length_penalty: float = typer.Option(
+        1.0, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (sampling)."),
     style: str | None = typer.Option(None, "--style", help="social, alt-text, detailed, hashtags or an instruction."),
     rewriter: str | None = typer.Option(None, "--rewriter", help="Rewrite --model's description with this text model."),
@@ -94,6 +100,8 @@ def caption_cmd(
             top_p=top_p,
             top_k=top_k,
             num_return_sequences=num_return,
+            no_repeat_ngram_size=no_repeat,
+            length_penalty=length_penalty,
             seed=seed,
             style=style,
         )

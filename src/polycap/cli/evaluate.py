@@ -62,6 +62,12 @@ def eval_cmd(
     sample: bool = typer.Option(False, "--sample", help="Sample instead of beam/greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
+    no_repeat: int = typer.Option(
+        0, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram of this many tokens (0: off)."
+    ),
+    length_penalty: float = typer.Option(
+        1.0, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter."
+    ),
     seed: int | None = typer.Option(None, "--seed"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report JSON."),
@@ -81,6 +87,7 @@ def eval_cmd(
         options = captioner.make_options(
             lang=langs[0], num_beams=beams, max_new_tokens=max_tokens, do_sample=sample,
             temperature=temperature, top_p=top_p, seed=seed,
+            no_repeat_ngram_size=no_repeat, length_penalty=length_penalty,
         )
         for x in langs:
             captioner.make_options(options, lang=x)
