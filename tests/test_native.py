@@ -40,3 +40,42 @@ def test_scores_from_generate_equal_teacher_forced_scores(options):
     got = [a.score for c in caps for a in (c.alternatives or [c])]
     assert got == pytest.approx(expected, abs=1e-4)
     assert all(s < 0 for s in got)
+
+
+def test_model_folder_generation_defaults_apply_unless_the_caller_sets_them(tmp_path, capsys):
+    """config.json's ``generation`` gives the model's default options: the Python API, the CLI and
+    explicit options override them; a bad entry fails at load, naming it."""
+    import json
+
+    from PIL import Image
+
+    from polycap.cli import main
+    from polycap.errors import OptionError
+
+    tiny = polycap.load("polycap-tiny-random", device="cpu")
+    tiny.save(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["generation"] = {"no_repeat_ngram_size": 1, "max_new_tokens": 12}
+    cfg_path.write_text(json.dumps(cfg))
+    model = polycap.load(str(tmp_path / "m"), device="cpu")
+    assert model.make_options().no_repeat_ngram_size == 1
+    assert model.make_options(lang="de").no_repeat_ngram_size == 1  # kwargs keep the other defaults
+    assert model.make_options(no_repeat_ngram_size=0).no_repeat_ngram_size == 0
+    assert model.make_options(GenerationOptions(lang="en")).no_repeat_ngram_size == 0  # explicit options win
+    img = Image.new("RGB", (40, 30), (120, 50, 200))
+    # the random model repeats one token; the default forbids any repeat, an explicit 0 allows it again
+    assert model.caption(img).text == tiny.caption(img, no_repeat_ngram_size=1, max_new_tokens=12).text
+    assert model.caption(img, no_repeat_ngram_size=0).text == tiny.caption(img, max_new_tokens=12).text
+    assert model.caption(img).text != model.caption(img, no_repeat_ngram_size=0).text
+    img.save(tmp_path / "p.png")
+    argv = ["caption", str(tmp_path / "p.png"), "-m", str(tmp_path / "m"), "-f", "jsonl", "--max-tokens", "12"]
+    texts = []
+    for extra in ([], ["--no-repeat-ngram-size", "0"]):
+        assert main([*argv, *extra]) == 0
+        texts.append(json.loads(capsys.readouterr().out)["caption"])
+    assert texts == [model.caption(img).text, model.caption(img, no_repeat_ngram_size=0).text]
+    cfg["generation"] = {"no_repeat": 3}
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(OptionError, match="no_repeat"):
+        polycap.load(str(tmp_path / "m"), device="cpu")

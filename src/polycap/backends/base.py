@@ -70,12 +70,17 @@ class Captioner(ABC):
                 "(a describer plus a rewriting language model) or a backend that supports styles"
             )
 
+    #: Options this model uses unless the caller sets them (a native model folder's ``generation``).
+    generation_defaults: dict[str, Any] = {}
+
+    def default_options(self) -> GenerationOptions:
+        """The options used when the caller gives none: the default language + ``generation_defaults``."""
+        return GenerationOptions.from_kwargs(None, **{"lang": self.default_lang, **self.generation_defaults})
+
     def make_options(self, options: GenerationOptions | None = None, **kwargs: Any) -> GenerationOptions:
-        opts = (
-            GenerationOptions.from_kwargs(options, **kwargs)
-            if kwargs
-            else (options or GenerationOptions(lang=self.default_lang))
-        )
+        """``options`` (else the model's defaults), with ``kwargs`` applied, checked against the model."""
+        base = options or self.default_options()
+        opts = GenerationOptions.from_kwargs(base, **kwargs) if kwargs else base
         self.check_options(opts)
         return opts
 

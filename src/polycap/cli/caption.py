@@ -23,6 +23,12 @@ def split_langs(value: str | None) -> list[str] | None:
     return list(dict.fromkeys(langs))
 
 
+def beam_controls(no_repeat: int | None, length_penalty: float | None) -> dict:
+    """Only the flags the user set: the others keep the model's defaults (its ``generation`` field)."""
+    given = {"no_repeat_ngram_size": no_repeat, "length_penalty": length_penalty}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def load_model(name: str | None, device: str, quiet: bool, **kwargs):
     """Load a model by name, or the default one with a notice when it is only the tiny model."""
     import polycap
@@ -48,11 +54,12 @@ def caption_cmd(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
     top_k: int | None = typer.Option(None, "--top-k", help="Top-k sampling."),
     num_return: int = typer.Option(1, "--num-return", help="Captions returned per image (alternatives)."),
-    no_repeat: int = typer.Option(
-        0, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram of this many tokens (0: off)."
+    no_repeat: int | None = typer.Option(
+        None, "--no-repeat-ngram-size", min=0,
+        help="Never repeat an n-gram of this many tokens (0: off; default: the model's, else off).",
     ),
-    length_penalty: float = typer.Option(
-        1.0, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter."
+    length_penalty: float | None = typer.Option(
+        None, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter (default 1)."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (sampling)."),
     style: str | None = typer.Option(None, "--style", help="social, alt-text, detailed, hashtags or an instruction."),
@@ -100,8 +107,7 @@ def caption_cmd(
             top_p=top_p,
             top_k=top_k,
             num_return_sequences=num_return,
-            no_repeat_ngram_size=no_repeat,
-            length_penalty=length_penalty,
+            **beam_controls(no_repeat, length_penalty),
             seed=seed,
             style=style,
         )

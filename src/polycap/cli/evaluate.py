@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from polycap.cli.app import app, err, usage_error
-from polycap.cli.caption import load_model, split_langs
+from polycap.cli.caption import beam_controls, load_model, split_langs
 from polycap.errors import OptionError, PolycapError
 
 
@@ -62,11 +62,12 @@ def eval_cmd(
     sample: bool = typer.Option(False, "--sample", help="Sample instead of beam/greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
-    no_repeat: int = typer.Option(
-        0, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram of this many tokens (0: off)."
+    no_repeat: int | None = typer.Option(
+        None, "--no-repeat-ngram-size", min=0,
+        help="Never repeat an n-gram of this many tokens (0: off; default: the model's, else off).",
     ),
-    length_penalty: float = typer.Option(
-        1.0, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter."
+    length_penalty: float | None = typer.Option(
+        None, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter (default 1)."
     ),
     seed: int | None = typer.Option(None, "--seed"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -87,7 +88,7 @@ def eval_cmd(
         options = captioner.make_options(
             lang=langs[0], num_beams=beams, max_new_tokens=max_tokens, do_sample=sample,
             temperature=temperature, top_p=top_p, seed=seed,
-            no_repeat_ngram_size=no_repeat, length_penalty=length_penalty,
+            **beam_controls(no_repeat, length_penalty),
         )
         for x in langs:
             captioner.make_options(options, lang=x)

@@ -53,6 +53,8 @@ class NativeCaptioner(FeatureCaptioner):
         self.model = model.to(device).eval()
         self.encoder = encoder.to(device).eval() if encoder is not None else None
         self.tokenizer = tokenizer
+        self.generation_defaults = dict(cfg.generation)  # e.g. {"no_repeat_ngram_size": 3}
+        self.default_options()  # a bad ``generation`` entry fails at load, naming the option
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
