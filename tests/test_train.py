@@ -59,7 +59,9 @@ def test_loss_falls_and_best_model_loads(manifest, tmp_path):
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
 
 
-@pytest.mark.parametrize("bucket", ["train.bucket_window=0", "train.bucket_window=3", "train.ema=0.9"])
+@pytest.mark.parametrize(
+    "bucket", ["train.bucket_window=0", "train.bucket_window=3", "train.ema=0.9", "data.flip=true"]
+)
 def test_resume_mid_epoch_equals_uninterrupted_run(manifest, tmp_path, bucket):
     cache = tmp_path / "cache"
     full = tmp_path / "full"
@@ -280,3 +282,67 @@ def test_length_buckets_keep_every_caption_and_cut_padding():
     assert padded(bucketed) < 0.8 * padded(plain), (padded(bucketed), padded(plain))
     again = epoch_batches(epoch_units(pool, 4, 1, by_length=True), 16, 10, 1)
     assert [[(u.row, u.captions) for u in b] for b in again] == [[(u.row, u.captions) for u in b] for b in bucketed]
+
+
+def test_side_words_keep_a_caption_from_being_mirrored():
+    from polycap.train.data import mirror_safe
+
+    assert mirror_safe("a dog runs on the beach", "en")
+    assert not mirror_safe("a dog on the Left of a man", "en") and not mirror_safe("his right hand", "en")
+    assert mirror_safe("a bright light", "en")  # "right" only as a word start
+    assert not mirror_safe("ein Hund rechts neben einem Mann", "de") and not mirror_safe("die linke Hand", "de")
+    assert not mirror_safe("un chien à gauche", "fr") and not mirror_safe("la main droite", "fr")
+    assert not mirror_safe("pes vlevo", "cs") and not mirror_safe("pravou rukou", "cs")
+    assert not mirror_safe("كلب على اليمين", "ar") and not mirror_safe("يده اليسرى", "ar")
+    assert mirror_safe("كلب يجري على الشاطئ", "ar")
+    assert not mirror_safe("собака бежит", "ru")  # no word list: never mirrored
+
+
+def test_mirror_units_flip_only_safe_units_about_half_the_time():
+    from polycap.train.data import Unit, collate, mirror_units
+
+    units = [Unit(r, [[1, r + 2, 2], [1, 5, 2]]) for r in range(400)]
+    unsafe = {r for r in range(400) if r % 5 == 0}
+    safe = {(1, r + 2, 2) for r in range(400) if r not in unsafe} | {(1, 5, 2)}
+    out = mirror_units(units, safe, seed=3)
+    assert [u.row for u in out] == list(range(400)) and [u.captions for u in out] == [u.captions for u in units]
+    flipped = {u.row for u in out if u.mirrored}
+    assert not flipped & unsafe
+    assert 0.4 < len(flipped) / 320 < 0.6, len(flipped)
+    assert {u.row for u in mirror_units(units, safe, seed=3) if u.mirrored} == flipped  # deterministic
+    assert {u.row for u in mirror_units(units, safe, seed=4) if u.mirrored} != flipped
+    rows, *_ = collate(out[:10], pad_id=0, mirror_offset=1000)
+    assert rows.tolist() == [u.row + (1000 if u.mirrored else 0) for u in out[:10]]
+
+
+def test_flip_trains_on_the_mirrored_views_of_safe_captions(manifest, tmp_path):
+    from polycap.data.features import FeatureCache
+    from polycap.train.data import collate
+
+    lines = [json.loads(x) for x in manifest.read_text().splitlines()]
+    side = "a dog stands on the left of a man ."
+    first = next(x for x in lines if x["split"] == "train")
+    first["captions"]["en"][0] = side
+    edited = tmp_path / "m.jsonl"
+    edited.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    trainer = Trainer(_cfg(edited, tmp_path / "cache", "train.epochs=1", "data.flip=true"), tmp_path / "r",
+                      progress=False)
+    n = len(trainer.train_split.items)
+    assert trainer.mirror_offset == n and trainer.train_features.shape[0] == 2 * n
+    cache = FeatureCache(tmp_path / "cache", trainer.encoder)
+    paths = [it.image for it in trainer.train_split.items]
+    torch.testing.assert_close(trainer.train_features[n:], cache.get(paths, flip=True))
+    torch.testing.assert_close(trainer.train_split.features, cache.get(paths))  # SCST and the plain view
+    side_ids = trainer.tok.encode(side, "en", trainer.ncfg.max_length)
+    assert tuple(side_ids) not in trainer.mirror_safe_ids
+    other = trainer.tok.encode(first["captions"]["en"][1], "en", trainer.ncfg.max_length)
+    assert tuple(other) in trainer.mirror_safe_ids
+    units = [u for seed in range(5) for b in trainer.epoch_plan(seed) for u in b]
+    mirrored = [u for u in units if u.mirrored]
+    assert 0.3 * len(units) < len(mirrored) < 0.7 * len(units)
+    assert all(tuple(c) in trainer.mirror_safe_ids for u in mirrored for c in u.captions)
+    assert not any(u.mirrored for u in units if side_ids in u.captions)
+    rows, *_ = collate(mirrored[:3], trainer.pad_id, trainer.mirror_offset)
+    assert (rows >= n).all()
+    plain = Trainer(_cfg(manifest, tmp_path / "cache", "train.epochs=1"), tmp_path / "p", progress=False)
+    assert plain.mirror_offset == 0 and not any(u.mirrored for b in plain.epoch_plan(0) for u in b)

@@ -61,6 +61,9 @@ class ClipCapTrainer(Trainer):
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("clipcap: %d trainable parameters (%s mode), %d captions", n, c.mode, len(self.pool))
 
+    def _encode_caption(self, text: str, lang: str) -> list[int]:
+        return self.model.encode_caption(text, lang)
+
     def val_max_tokens(self) -> int:
         return self.ccfg.max_length
 
@@ -85,9 +88,9 @@ def step_seconds(trainer: ClipCapTrainer, steps: int = 5, warmup: int = 1) -> fl
     trainer.model.train()
     times = []
     for i in range(warmup + steps):
-        rows, owner, ids, mask = collate(batches[i % len(batches)], trainer.pad_id)
+        rows, owner, ids, mask = collate(batches[i % len(batches)], trainer.pad_id, trainer.mirror_offset)
         start = time.perf_counter()
-        loss = trainer.model(trainer.train_split.features[rows].float(), ids, mask, owner=owner)
+        loss = trainer.model(trainer.train_features[rows].float(), ids, mask, owner=owner)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -8,6 +8,7 @@ computes the image memory once per image and repeats it for that image's caption
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,26 @@ from polycap.data.manifest import ManifestItem
 class Unit:
     row: int  # row of the image in the feature tensor
     captions: list[list[int]]  # token ids, each "<lang> ... </s>"
+    mirrored: bool = False  # use the image's mirrored view (see ``mirror_units``)
+
+
+# Words for "left" and "right" (word starts; Arabic fuses prefixes, so there a substring): a
+# mirrored photo contradicts a caption that has one. Over-matching ("Recht", "droit" = straight)
+# only means that caption is never shown mirrored. A language not listed is never mirrored.
+SIDE_WORDS = {
+    "en": r"\b(left|right)",
+    "de": r"\b(link|recht)",
+    "fr": r"\b(gauche|droit)",
+    "cs": r"\b(lev|prav|vlevo|vpravo|nalevo|napravo)",
+    "ar": r"(يمين|يسار|يمنى|يسرى)",
+}
+_SIDE_RE = {lang: re.compile(pattern, re.IGNORECASE) for lang, pattern in SIDE_WORDS.items()}
+
+
+def mirror_safe(text: str, lang: str) -> bool:
+    """Whether ``text`` still describes the photo mirrored left to right (no left/right word)."""
+    pattern = _SIDE_RE.get(lang)
+    return pattern is not None and pattern.search(text) is None
 
 
 def caption_pool(
@@ -60,6 +81,21 @@ def epoch_units(
     return units
 
 
+def mirror_units(units: list[Unit], safe: set[tuple[int, ...]], seed: int, p: float = 0.5) -> list[Unit]:
+    """Flip augmentation: each unit whose captions are all in ``safe`` (token ids of the captions
+    with no left/right word, see ``mirror_safe``) is shown mirrored with probability ``p``.
+
+    Deterministic in ``seed``; the units' order is kept. Other units stay as they are.
+    """
+    rng = random.Random(seed)
+    out = []
+    for u in units:
+        coin = rng.random() < p  # drawn for every unit, so one unit's captions do not shift the others
+        flip = coin and all(tuple(c) in safe for c in u.captions)
+        out.append(Unit(u.row, u.captions, mirrored=flip) if flip else u)
+    return out
+
+
 def epoch_batches(units: list[Unit], per_batch: int, window: int, seed: int) -> list[list[Unit]]:
     """Cut shuffled units into batches of ``per_batch``.
 
@@ -79,9 +115,14 @@ def epoch_batches(units: list[Unit], per_batch: int, window: int, seed: int) -> 
     return batches
 
 
-def collate(units: list[Unit], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (image rows (I,), caption->image index (B,), input_ids (B, T), attention_mask (B, T))."""
-    rows = torch.tensor([u.row for u in units])
+def collate(units: list[Unit], pad_id: int, mirror_offset: int = 0
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (image rows (I,), caption->image index (B,), input_ids (B, T), attention_mask (B, T)).
+
+    A mirrored unit's row is ``row + mirror_offset``: the trainer stores the mirrored views after
+    the plain ones in one feature tensor.
+    """
+    rows = torch.tensor([u.row + (mirror_offset if u.mirrored else 0) for u in units])
     owner = torch.tensor([i for i, u in enumerate(units) for _ in u.captions])
     seqs = [ids for u in units for ids in u.captions]
     width = max(len(s) for s in seqs)

@@ -30,7 +30,7 @@ from polycap.data.manifest import ManifestItem, read_manifest
 from polycap.errors import PolycapError
 from polycap.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from polycap.train.config import TrainConfig
-from polycap.train.data import caption_pool, collate, epoch_batches, epoch_units
+from polycap.train.data import SIDE_WORDS, caption_pool, collate, epoch_batches, epoch_units, mirror_safe, mirror_units
 from polycap.types import GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,23 @@ PER_IMAGE = 4  # captions per image in a batch unit
 class Split:
     items: list[ManifestItem]
     features: torch.Tensor  # (n, N, C) float16, row i = items[i]
+    mirrored: torch.Tensor | None = None  # the same images mirrored left to right (``data.flip``)
 
 
-def load_split(cfg: TrainConfig, cache: FeatureCache, split: str, progress: bool) -> Split:
-    """Items of ``split`` from every manifest, with features (computed once, then cached)."""
+def load_split(cfg: TrainConfig, cache: FeatureCache, split: str, progress: bool, mirrored: bool = False) -> Split:
+    """Items of ``split`` from every manifest, with features (computed once, then cached);
+    ``mirrored`` also loads (and caches) each image's mirrored view."""
     items = [it for m in cfg.data.manifests for it in read_manifest(m, split=split, langs=cfg.data.langs)]
     items = [it for it in items if any(it.captions.values())]
     if not items:
         raise PolycapError(f"no {split!r} images with captions in {cfg.data.manifests}")
-    cache.ensure([it.image for it in items], flip=False, progress=progress)
-    ok = [it for it in items if cache.key_for(it.image) in cache]
+    cache.ensure([it.image for it in items], flip=mirrored, progress=progress)
+    ok = [it for it in items
+          if cache.key_for(it.image) in cache and (not mirrored or cache.key_for(it.image, flip=True) in cache)]
     if len(ok) < len(items):
         log.warning("%d %s images could not be encoded and are skipped", len(items) - len(ok), split)
-    return Split(ok, cache.get([it.image for it in ok]))
+    paths = [it.image for it in ok]
+    return Split(ok, cache.get(paths), cache.get(paths, flip=True) if mirrored else None)
 
 
 class Trainer:
@@ -64,11 +68,12 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.encoder = encoder if encoder is not None else self._build_encoder()
         cache = FeatureCache(Path(cfg.data.cache_dir).expanduser(), self.encoder)
-        self.train_split = load_split(cfg, cache, cfg.data.train_split, progress)
+        self.train_split = load_split(cfg, cache, cfg.data.train_split, progress, mirrored=cfg.data.flip)
         self.val_split = load_split(cfg, cache, cfg.data.val_split, progress)
         self.langs = cfg.data.langs or sorted({k for it in self.train_split.items for k in it.captions})
         self._build_model()
         self.ema = self._make_ema()
+        self._setup_mirroring()
 
     # ---- what differs between architectures (ClipCapTrainer overrides these) -------------------
     def _build_encoder(self) -> Any:
@@ -102,6 +107,30 @@ class Trainer:
             max_length=m.max_length, vocab_size=self.tok.vocab_size,
         )
 
+    def _encode_caption(self, text: str, lang: str) -> list[int]:
+        """A caption's training token ids, as in ``self.pool``."""
+        return self.tok.encode(text, lang, self.ncfg.max_length)
+
+    def _setup_mirroring(self) -> None:
+        """``data.flip``: training rows hold the plain views, then the mirrored ones (one tensor, so a
+        batch is one gather), and ``mirror_safe_ids`` the captions that may be shown mirrored."""
+        split = self.train_split
+        self.train_features, self.mirror_offset, self.mirror_safe_ids = split.features, 0, set()
+        if split.mirrored is None:
+            return
+        n = len(split.items)
+        self.train_features = torch.cat([split.features, split.mirrored])
+        split.features, split.mirrored, self.mirror_offset = self.train_features[:n], None, n
+        unlisted = sorted(set(self.langs) - set(SIDE_WORDS))
+        if unlisted:
+            log.warning("data.flip: no left/right words known for %s; their captions are never mirrored",
+                        ", ".join(unlisted))
+        self.mirror_safe_ids = {
+            tuple(self._encode_caption(text, lang))
+            for it in split.items for lang in self.langs for text in it.captions.get(lang, [])
+            if text.strip() and mirror_safe(text, lang)
+        }
+
     def _make_ema(self) -> Any:
         """The moving average of the weights (``train.ema`` > 0), with torch's own AveragedModel."""
         if not self.cfg.train.ema:
@@ -134,6 +163,8 @@ class Trainer:
         t = self.cfg.train
         w = t.bucket_window if window is None else window
         units = epoch_units(self.pool, PER_IMAGE, seed, by_length=w > 0)
+        if self.mirror_offset:
+            units = mirror_units(units, self.mirror_safe_ids, seed + 1)
         return epoch_batches(units, max(1, t.batch_size // PER_IMAGE), w, seed)
 
     def steps_per_epoch(self) -> int:
@@ -257,8 +288,8 @@ class Trainer:
                 if t.max_steps is not None and state["global_step"] >= t.max_steps:
                     save_checkpoint(ckpt, self.model, opt, sched, state, self.ema)
                     return None
-                rows, owner, ids, mask = collate(batches[i], self.pad_id)
-                feats = self.train_split.features[rows].float()
+                rows, owner, ids, mask = collate(batches[i], self.pad_id, self.mirror_offset)
+                feats = self.train_features[rows].float()
                 with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=t.bf16):
                     loss = self.model(feats, ids, mask, owner=owner, label_smoothing=t.label_smoothing)
                 opt.zero_grad(set_to_none=True)
