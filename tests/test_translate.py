@@ -128,3 +128,12 @@ def test_multilingual_translator_needs_target_langs(folders):
 def test_missing_translator_is_a_clear_error(folders):
     with pytest.raises(OptionError, match="needs translator=.*en-de"):
         polycap.load(f"translate:hf:{folders['git']}", device="cpu")
+
+
+def test_the_captioners_decoding_defaults_apply_through_the_pipeline(folders, photo_dir):
+    inner = polycap.load(f"hf:{folders['git']}", device="cpu")
+    inner.generation_defaults = {"no_repeat_ngram_size": 2}
+    model = TranslatedCaptioner(inner, {"de": Shout()})
+    assert model.default_options().no_repeat_ngram_size == 2
+    assert model.make_options(lang="de").no_repeat_ngram_size == 2
+    assert model.make_options(lang="de", no_repeat_ngram_size=0).no_repeat_ngram_size == 0

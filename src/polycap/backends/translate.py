@@ -154,6 +154,11 @@ class TranslatedCaptioner(Captioner):
     def __repr__(self) -> str:
         return f"TranslatedCaptioner(captioner={self.captioner!r}, langs={self.capabilities.languages})"
 
+    @property
+    def generation_defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        """The captioner's: its decoding defaults (e.g. polycap-base's trigram block) still apply."""
+        return self.captioner.generation_defaults
+
     def check_options(self, options: GenerationOptions) -> None:
         super().check_options(options)
         self.captioner.check_options(replace(options, lang=self.source_lang))
