@@ -303,14 +303,14 @@ def test_mirror_units_flip_only_safe_units_about_half_the_time():
 
     units = [Unit(r, [[1, r + 2, 2], [1, 5, 2]]) for r in range(400)]
     unsafe = {r for r in range(400) if r % 5 == 0}
-    safe = {(1, r + 2, 2) for r in range(400) if r not in unsafe} | {(1, 5, 2)}
-    out = mirror_units(units, safe, seed=3)
+    unsafe_ids = {(1, r + 2, 2) for r in unsafe}
+    out = mirror_units(units, unsafe_ids, seed=3)
     assert [u.row for u in out] == list(range(400)) and [u.captions for u in out] == [u.captions for u in units]
     flipped = {u.row for u in out if u.mirrored}
     assert not flipped & unsafe
     assert 0.4 < len(flipped) / 320 < 0.6, len(flipped)
-    assert {u.row for u in mirror_units(units, safe, seed=3) if u.mirrored} == flipped  # deterministic
-    assert {u.row for u in mirror_units(units, safe, seed=4) if u.mirrored} != flipped
+    assert {u.row for u in mirror_units(units, unsafe_ids, seed=3) if u.mirrored} == flipped  # deterministic
+    assert {u.row for u in mirror_units(units, unsafe_ids, seed=4) if u.mirrored} != flipped
     rows, *_ = collate(out[:10], pad_id=0, mirror_offset=1000)
     assert rows.tolist() == [u.row + (1000 if u.mirrored else 0) for u in out[:10]]
 
@@ -334,13 +334,13 @@ def test_flip_trains_on_the_mirrored_views_of_safe_captions(manifest, tmp_path):
     torch.testing.assert_close(trainer.train_features[n:], cache.get(paths, flip=True))
     torch.testing.assert_close(trainer.train_split.features, cache.get(paths))  # SCST and the plain view
     side_ids = trainer.tok.encode(side, "en", trainer.ncfg.max_length)
-    assert tuple(side_ids) not in trainer.mirror_safe_ids
+    assert tuple(side_ids) in trainer.mirror_unsafe_ids
     other = trainer.tok.encode(first["captions"]["en"][1], "en", trainer.ncfg.max_length)
-    assert tuple(other) in trainer.mirror_safe_ids
+    assert tuple(other) not in trainer.mirror_unsafe_ids
     units = [u for seed in range(5) for b in trainer.epoch_plan(seed) for u in b]
     mirrored = [u for u in units if u.mirrored]
     assert 0.3 * len(units) < len(mirrored) < 0.7 * len(units)
-    assert all(tuple(c) in trainer.mirror_safe_ids for u in mirrored for c in u.captions)
+    assert not any(tuple(c) in trainer.mirror_unsafe_ids for u in mirrored for c in u.captions)
     assert not any(u.mirrored for u in units if side_ids in u.captions)
     rows, *_ = collate(mirrored[:3], trainer.pad_id, trainer.mirror_offset)
     assert (rows >= n).all()

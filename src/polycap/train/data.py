@@ -81,9 +81,9 @@ def epoch_units(
     return units
 
 
-def mirror_units(units: list[Unit], safe: set[tuple[int, ...]], seed: int, p: float = 0.5) -> list[Unit]:
-    """Flip augmentation: each unit whose captions are all in ``safe`` (token ids of the captions
-    with no left/right word, see ``mirror_safe``) is shown mirrored with probability ``p``.
+def mirror_units(units: list[Unit], unsafe: set[tuple[int, ...]], seed: int, p: float = 0.5) -> list[Unit]:
+    """Flip augmentation: each unit with no caption in ``unsafe`` (token ids of the captions that
+    must not be mirrored, see ``mirror_safe``) is shown mirrored with probability ``p``.
 
     Deterministic in ``seed``; the units' order is kept. Other units stay as they are.
     """
@@ -91,7 +91,7 @@ def mirror_units(units: list[Unit], safe: set[tuple[int, ...]], seed: int, p: fl
     out = []
     for u in units:
         coin = rng.random() < p  # drawn for every unit, so one unit's captions do not shift the others
-        flip = coin and all(tuple(c) in safe for c in u.captions)
+        flip = coin and not any(tuple(c) in unsafe for c in u.captions)
         out.append(Unit(u.row, u.captions, mirrored=flip) if flip else u)
     return out
 

@@ -113,9 +113,10 @@ class Trainer:
 
     def _setup_mirroring(self) -> None:
         """``data.flip``: training rows hold the plain views, then the mirrored ones (one tensor, so a
-        batch is one gather), and ``mirror_safe_ids`` the captions that may be shown mirrored."""
+        batch is one gather), and ``mirror_unsafe_ids`` the captions that must not be shown mirrored
+        (the few that name a side, and every caption of a language without a word list)."""
         split = self.train_split
-        self.train_features, self.mirror_offset, self.mirror_safe_ids = split.features, 0, set()
+        self.train_features, self.mirror_offset, self.mirror_unsafe_ids = split.features, 0, set()
         if split.mirrored is None:
             return
         n = len(split.items)
@@ -125,10 +126,10 @@ class Trainer:
         if unlisted:
             log.warning("data.flip: no left/right words known for %s; their captions are never mirrored",
                         ", ".join(unlisted))
-        self.mirror_safe_ids = {
+        self.mirror_unsafe_ids = {
             tuple(self._encode_caption(text, lang))
             for it in split.items for lang in self.langs for text in it.captions.get(lang, [])
-            if text.strip() and mirror_safe(text, lang)
+            if text.strip() and not mirror_safe(text, lang)
         }
 
     def _make_ema(self) -> Any:
@@ -164,7 +165,7 @@ class Trainer:
         w = t.bucket_window if window is None else window
         units = epoch_units(self.pool, PER_IMAGE, seed, by_length=w > 0)
         if self.mirror_offset:
-            units = mirror_units(units, self.mirror_safe_ids, seed + 1)
+            units = mirror_units(units, self.mirror_unsafe_ids, seed + 1)
         return epoch_batches(units, max(1, t.batch_size // PER_IMAGE), w, seed)
 
     def steps_per_epoch(self) -> int:
