@@ -47,7 +47,7 @@ class ClipCapTrainer(Trainer):
         self.pad_id = self.model.pad_id  # positions are masked; the id is never a label
         items = self.train_split.items
         self.pool = [
-            (row, self.model.encode_caption(text, lang))
+            (row, self._encode_caption(text, lang))
             for row, it in enumerate(items) for lang in self.langs
             for text in it.captions.get(lang, []) if text.strip()
         ]
