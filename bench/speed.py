@@ -158,7 +158,10 @@ def resolve_native_config(ref: str | None, overrides: Sequence[str]) -> tuple[An
 
 
 class PolycapRunner:
-    """polycap's own captioner through ``NativeCaptioner.caption_batch`` (preprocess, encode, generate)."""
+    """polycap's own captioner through ``NativeCaptioner.caption_batch`` (preprocess, encode, generate),
+    on the runtime a plain ``polycap.load`` picks (onnx when the ``[onnx]`` extra is installed)."""
+
+    runtime = "auto"
 
     def __init__(self, args: argparse.Namespace):
         import torch
@@ -170,7 +173,7 @@ class PolycapRunner:
         cfg, folder = resolve_native_config(args.config, args.set)
         trained = folder is not None and (folder / "model.safetensors").is_file() and not args.set
         if trained:
-            cap = NativeCaptioner.from_folder(folder, device="cpu")
+            cap = NativeCaptioner.from_folder(folder, device="cpu", runtime=self.runtime)
         else:  # a random decoder writes as fast as a trained one when the token count is forced
             if folder is not None and (folder / "tokenizer.json").is_file() and not args.set:
                 tok = CaptionTokenizer.load(folder, cfg.languages)
@@ -179,10 +182,12 @@ class PolycapRunner:
             torch.manual_seed(0)
             model = CaptionModel(cfg, tok.pad_id, tok.eos_id)
             cap = NativeCaptioner(cfg, model, build_encoder(cfg.encoder, inference=True), tok, device="cpu")
+            cap.use_runtime(self.runtime)
         self.cap = cap
-        self.label = cfg.name
+        self.label = cfg.name if self.runtime == "auto" else f"{cfg.name} ({self.runtime})"
         self.params = param_count(cap.model) + param_count(cap.encoder)
         self.info = {
+            "runtime": cap.runtime,
             "decoder_weights": "trained" if trained else "random",
             "encoder": cfg.encoder.get("name"),
             "image_size": getattr(cap.encoder, "image_size", None),
@@ -209,6 +214,12 @@ class PolycapRunner:
         caps = self.cap.caption_batch(list(images), opts)
         assert len(caps) == len(images)
         return new_token_counts(self._generated[-1], 1, self.cap.tokenizer.eos_id)  # prompt: the language token
+
+
+class PolycapTorchRunner(PolycapRunner):
+    """The same captioner on the torch runtime (``runtime="torch"``), to compare the two in one run."""
+
+    runtime = "torch"
 
 
 class BlipRunner:
@@ -399,6 +410,7 @@ class VitGpt2Runner(HFRunner):
 
 BUILDERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
     "polycap": PolycapRunner,
+    "polycap-torch": PolycapTorchRunner,
     "blip": BlipRunner,
     "git": GitRunner,
     "vit-gpt2": VitGpt2Runner,
@@ -669,6 +681,9 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
             "polycap_greedy_under_100ms": p < 100,
             "at_least_10x_faster_than_blip": (b / p >= 10) if b else None,
         }
+    if "polycap" in summaries and "polycap-torch" in summaries:
+        t = summaries["polycap-torch"]["ms_per_image_b1_greedy"]
+        out["speedup_runtime_vs_torch_greedy_b1"] = round(t / summaries["polycap"]["ms_per_image_b1_greedy"], 2)
     out["wall_s"] = round(time.perf_counter() - start, 1)
     busy = max([out["machine"]["cpu_busy_before_start"] or 0.0] + [m["cpu_used_by_others"] for m in summaries.values()])
     if busy > 0.1:

@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "flickr8k"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache(tmp_path_factory):
+    """Exported onnx graphs go to a fresh folder of this test session, never to ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLYCAP_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
+        mp.delenv("POLYCAP_RUNTIME", raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def flickr8k() -> Path:
     if not (SHARED_DATA / "captions.jsonl").is_file():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from polycap.backends.native.tokenizer import CaptionTokenizer
 from polycap.backends.torch_utils import generate_kwargs, resolve_device, seed_everything
 from polycap.errors import PolycapError
 from polycap.types import Alternative, Caption, GenerationOptions
+
+log = logging.getLogger(__name__)
 
 
 def build_encoder(spec: dict[str, Any], inference: bool = False) -> torch.nn.Module:
@@ -55,10 +59,66 @@ class NativeCaptioner(FeatureCaptioner):
         self.tokenizer = tokenizer
         self.generation_defaults = dict(cfg.generation)  # e.g. {"no_repeat_ngram_size": 3}
         self.default_options()  # a bad ``generation`` entry fails at load, naming the option
+        self.runtime = "torch"
+        self._generator: torch.nn.Module | None = None  # the decoder generate() runs; None: self.model's
+
+    def use_runtime(self, runtime: str | None = "auto") -> NativeCaptioner:
+        """Run the encoder and the generation steps with ``torch`` or ``onnx`` (onnxruntime, CPU only);
+        ``auto`` (also ``$POLYCAP_RUNTIME``) picks onnx on CPU when the ``[onnx]`` extra is installed.
+
+        The onnx graphs are exported from this model's current weights (once, cached on disk, see
+        ``polycap.export.onnx``); change the weights afterwards and call this again. A model whose
+        exported step does not reproduce the torch decoder (``_check_generator``) stays on torch.
+        """
+        from polycap.export import onnx as ox
+
+        requested = ox.requested_runtime(runtime)
+        chosen = ox.resolve_runtime(requested, self.device)
+        torch_encoder = getattr(self.encoder, "encoder", self.encoder) if self.runtime == "onnx" else self.encoder
+        self.encoder, self._generator, self.runtime = torch_encoder, None, "torch"
+        if chosen == "torch" or self.cfg.arch != "transformer":
+            return self
+        generator = ox.OnnxGPT2Decoder.from_decoder(self.model.decoder)
+        problem = self._check_generator(generator)
+        problem = problem and f"decoder step {problem}"
+        encoder = None
+        if not problem and torch_encoder is not None:
+            encoder = ox.OnnxEncoder(torch_encoder)
+            encoder_problem = encoder.check()
+            problem = encoder_problem and f"image encoder {encoder_problem}"
+        if problem:
+            if requested == "onnx":
+                raise PolycapError(f"{self.name}: the onnx {problem}")
+            log.warning("%s: staying on torch, the onnx %s", self.name, problem)
+            return self
+        self.encoder = encoder or torch_encoder
+        self._generator, self.runtime = generator, "onnx"
+        return self
+
+    @torch.inference_mode()
+    def _check_generator(self, generator: torch.nn.Module) -> str | None:
+        """None when ``generator`` decodes 6 greedy tokens, and 3 with beam search, as the torch
+        decoder does from a random memory (same ids, logits within 1e-3); else what differs."""
+        g = torch.Generator().manual_seed(0)
+        features = torch.randn(2, self.cfg.grid_positions, self.cfg.encoder_dim, generator=g)
+        lang_ids = torch.full((2,), self.tokenizer.lang_id(self.cfg.languages[0]))
+        for kw in ({"num_beams": 1}, {"num_beams": 2, "max_new_tokens": 3, "min_new_tokens": 3}):
+            kw = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, **kw}
+            runs = [
+                self.model.generate(features, lang_ids, decoder=d, return_dict_in_generate=True, output_logits=True, **kw)
+                for d in (None, generator)
+            ]
+            if not torch.equal(runs[0].sequences, runs[1].sequences):
+                return f"wrote other tokens than torch with {kw}"
+            diff = max((a - b).abs().max().item() for a, b in zip(runs[0].logits, runs[1].logits))
+            if diff > 1e-3:
+                return f"gave logits {diff:.2g} away from torch's with {kw}"
+        return None
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "auto") -> NativeCaptioner:
+    def from_folder(cls, folder: str | Path, device: str = "auto", runtime: str | None = "auto") -> NativeCaptioner:
+        """Load a saved model; ``runtime`` as in ``use_runtime`` (None keeps torch, as built)."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -75,7 +135,8 @@ class NativeCaptioner(FeatureCaptioner):
         if missing or unexpected:
             raise PolycapError(f"{weights}: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.decoder.tie_weights()
-        return cls(cfg, model, build_encoder(cfg.encoder, inference=True), tok, resolve_device(device))
+        cap = cls(cfg, model, build_encoder(cfg.encoder, inference=True), tok, resolve_device(device))
+        return cap.use_runtime(runtime) if runtime else cap
 
     def save(self, folder: str | Path, half: bool = False) -> None:
         """Write config.json, model.safetensors (decoder + projection only) and tokenizer.json."""
@@ -107,13 +168,15 @@ class NativeCaptioner(FeatureCaptioner):
         seed_everything(options.seed)
         if options.num_beams == 1:
             # Greedy and sampling: score from generate's own raw logits, no second decoder pass.
-            out = self.model.generate(features, lang_ids, return_dict_in_generate=True, output_logits=True, **kw)
+            out = self.model.generate(
+                features, lang_ids, decoder=self._generator, return_dict_in_generate=True, output_logits=True, **kw
+            )
             seqs = out.sequences  # (n*k, T)
             mask = self._mask(seqs)
             scores = mean_token_logprob(torch.stack(out.logits, 1), seqs, mask).tolist()  # logits (B, T-1, V)
         else:
             # Beam search reorders beams between steps, so re-score the finished sequences.
-            seqs = self.model.generate(features, lang_ids, **kw)  # (n*k, T)
+            seqs = self.model.generate(features, lang_ids, decoder=self._generator, **kw)  # (n*k, T)
             mask = self._mask(seqs)
             memory = self.model.memory(features).repeat_interleave(k, dim=0)
             scores = self.model.token_logprobs(memory, seqs, mask).tolist()
@@ -140,17 +203,22 @@ class NativeCaptioner(FeatureCaptioner):
         return (~after).long()
 
 
-def load_native(ref: str, *, device: str = "auto", name: str | None = None, **kwargs: Any) -> NativeCaptioner:
-    """Registry loader: ``tiny-random`` builds the toy model; anything else is a model folder."""
+def load_native(
+    ref: str, *, device: str = "auto", name: str | None = None, runtime: str | None = "auto", **kwargs: Any
+) -> NativeCaptioner:
+    """Registry loader: ``tiny-random`` builds the toy model; anything else is a model folder.
+
+    ``runtime``: ``auto`` (onnxruntime on CPU when installed), ``torch`` or ``onnx``; see ``use_runtime``.
+    """
     if kwargs:
         raise PolycapError(f"unexpected arguments for a native model: {', '.join(sorted(kwargs))}")
     if ref == "tiny-random":
         from polycap.backends.native.tiny import build_tiny_random
 
         cfg, model, encoder, tok = build_tiny_random()
-        cap = NativeCaptioner(cfg, model, encoder, tok, resolve_device(device))
+        cap = NativeCaptioner(cfg, model, encoder, tok, resolve_device(device)).use_runtime(runtime)
     else:
-        cap = NativeCaptioner.from_folder(ref, device=device)
+        cap = NativeCaptioner.from_folder(ref, device=device, runtime=runtime)
     if name and not Path(name).is_dir():
         cap.name = name
     return cap

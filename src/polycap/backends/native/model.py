@@ -69,11 +69,17 @@ class CaptionModel(nn.Module):
         ).logits  # (B, T, V)
         return mean_token_logprob(logits[:, :-1], sequences, mask)
 
-    def generate(self, features: torch.Tensor, lang_ids: torch.Tensor, **generate_kwargs) -> torch.Tensor:
-        """Decode captions; returns (B * num_return_sequences, T) ids starting with the lang token."""
+    def generate(
+        self, features: torch.Tensor, lang_ids: torch.Tensor, decoder: nn.Module | None = None, **generate_kwargs
+    ) -> torch.Tensor:
+        """Decode captions; returns (B * num_return_sequences, T) ids starting with the lang token.
+
+        ``decoder``: another module with this decoder's weights to run ``generate()`` on (the onnx
+        runtime's ``OnnxGPT2Decoder``); default ``self.decoder``.
+        """
         memory = self.memory(features)
         input_ids = lang_ids[:, None]  # (B, 1)
-        return self.decoder.generate(
+        return (decoder or self.decoder).generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             encoder_hidden_states=memory,

@@ -1,0 +1,1 @@
+"""Exported runtimes for polycap's own models (``polycap.export.onnx``: onnxruntime on CPU)."""
