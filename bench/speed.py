@@ -5,12 +5,16 @@
     python bench/speed.py --models git,vit-gpt2,polycap --batch-size 16   # the Hugging Face families at batch 16
     python bench/speed.py --models polycap --quick --set d_model=256 --set n_head=4   # size a decoder
     python bench/speed.py --config path/to/config.json   # or a model folder, or a registered name
+    python bench/speed.py --config polycap-base --models polycap,polycap-torch,blip --batch-size 32 --rounds 2
+        # the model card's run: polycap-base on its default runtime (onnx) and on torch, and BLIP-base
 
 How it measures, and why:
 
 * End to end from decoded PIL images (the photos in ``examples/``, cycled to fill a batch):
   preprocessing + image encoder + decoding, which is what a user waits for. polycap goes through
-  ``NativeCaptioner.caption_batch``, the same call the CLI and server make.
+  ``NativeCaptioner.caption_batch``, the same call the CLI and server make, on the runtime a plain
+  ``polycap.load`` picks (``polycap``: onnx when installed) or on torch (``polycap-torch``);
+  ``bench/runtime.py`` compares the two runtimes interleaved in one process.
 * Both decoders are forced to write the same number of tokens (``min_new_tokens = max_new_tokens``),
   so random decoder weights run exactly as fast as trained ones; the tokens actually generated are
   counted and reported, so the fairness is visible in the output.

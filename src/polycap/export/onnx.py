@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # part of every cache key: bump it whenever the exported graphs change
 RUNTIMES = ("auto", "torch", "onnx")
 # transformers 5 renamed ``past_key_values`` to ``cache`` in GPT-2's forward and outputs; 4.x has the old name
-_OUT_CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithCrossAttentions)} else "past_key_values"
+_OUTPUT_FIELDS = {f.name for f in fields(CausalLMOutputWithCrossAttentions)}
+_OUT_CACHE_FIELD = "cache" if "cache" in _OUTPUT_FIELDS else "past_key_values"
 _CACHE_ARG = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
 
 
@@ -250,7 +251,8 @@ class OnnxGPT2Decoder(GPT2LMHeadModel):
             return False
         if input_ids is None or input_ids.shape[1] != 1 or not isinstance(cache, EncoderDecoderCache):
             return False
-        if any(rest.get(k) is not None for k in ("inputs_embeds", "labels", "token_type_ids", "encoder_attention_mask")):
+        unsupported = ("inputs_embeds", "labels", "token_type_ids", "encoder_attention_mask")
+        if any(rest.get(k) is not None for k in unsupported):
             return False
         if rest.get("output_attentions") or rest.get("output_hidden_states"):
             return False

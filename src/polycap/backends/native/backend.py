@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +104,9 @@ class NativeCaptioner(FeatureCaptioner):
         for kw in ({"num_beams": 1}, {"num_beams": 2, "max_new_tokens": 3, "min_new_tokens": 3}):
             kw = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, **kw}
             runs = [
-                self.model.generate(features, lang_ids, decoder=d, return_dict_in_generate=True, output_logits=True, **kw)
+                self.model.generate(
+                    features, lang_ids, decoder=d, return_dict_in_generate=True, output_logits=True, **kw
+                )
                 for d in (None, generator)
             ]
             if not torch.equal(runs[0].sequences, runs[1].sequences):
