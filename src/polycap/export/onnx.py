@@ -223,7 +223,8 @@ class OnnxGPT2Decoder(GPT2LMHeadModel):
 
     @classmethod
     def from_decoder(cls, decoder: GPT2LMHeadModel, threads: int | None = None) -> OnnxGPT2Decoder:
-        fast = cls(decoder.config)
+        with torch.device("meta"):  # no weights of its own: the modules below are the decoder's
+            fast = cls(decoder.config)
         fast.transformer = decoder.transformer
         fast.lm_head = decoder.lm_head
         fast.generation_config = decoder.generation_config
