@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flip", action="store_true", help="also cache the mirrored view of each image")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runtime", default="auto", help="auto (onnxruntime when installed), torch or onnx")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     paths = [item.image for item in read_manifest(args.manifest, split=args.split)]
-    cache = FeatureCache(args.cache_dir, EfficientNetLite2Encoder.from_pretrained())
+    from polycap.export.onnx import fast_encoder
+
+    encoder = fast_encoder(EfficientNetLite2Encoder.from_pretrained(), args.runtime)
+    cache = FeatureCache(args.cache_dir, encoder)
     before = len(cache)
     start = time.perf_counter()
     cache.ensure(paths, flip=args.flip, batch_size=args.batch_size, progress=not args.no_progress)
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s": round(computed / seconds, 2) if computed else None,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "runtime": "onnx" if type(encoder).__name__ == "OnnxEncoder" else "torch",
         "cache": str(cache.root),
     }
     print(json.dumps(summary), flush=True)

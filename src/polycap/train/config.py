@@ -25,6 +25,8 @@ class DataConfig:
     val_limit: int | None = 500
     flip: bool = False
     cache_dir: str = "~/.cache/polycap/features"
+    # what computes missing features: auto (onnxruntime when installed, 5.7x faster), torch or onnx
+    runtime: str = "auto"
 
 
 @dataclass

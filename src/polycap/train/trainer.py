@@ -67,7 +67,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)
         self.encoder = encoder if encoder is not None else self._build_encoder()
-        cache = FeatureCache(Path(cfg.data.cache_dir).expanduser(), self.encoder)
+        cache = FeatureCache(Path(cfg.data.cache_dir).expanduser(), self._extraction_encoder())
         self.train_split = load_split(cfg, cache, cfg.data.train_split, progress, mirrored=cfg.data.flip)
         self.val_split = load_split(cfg, cache, cfg.data.val_split, progress)
         self.langs = cfg.data.langs or sorted({k for it in self.train_split.items for k in it.captions})
@@ -78,6 +78,15 @@ class Trainer:
     # ---- what differs between architectures (ClipCapTrainer overrides these) -------------------
     def _build_encoder(self) -> Any:
         return build_encoder(self.cfg.model.encoder)
+
+    def _extraction_encoder(self) -> Any:
+        """What computes the features the cache lacks: the encoder, on onnxruntime when
+        ``data.runtime`` allows (same cache keys; see ``polycap.export.onnx.fast_encoder``)."""
+        if self.cfg.data.runtime == "torch":
+            return self.encoder
+        from polycap.export.onnx import fast_encoder
+
+        return fast_encoder(self.encoder, self.cfg.data.runtime)
 
     def _build_model(self) -> None:
         """Set tok, ncfg, model, pad_id and pool: every (feature row, token ids) training pair."""
