@@ -101,6 +101,7 @@ def test_exports_are_cached_by_weights(onnx_cache):
     polycap.load("polycap-tiny-random", runtime="onnx")
     files = sorted(onnx_cache.glob("*.onnx"))
     assert [f.name.split("-")[0] for f in files] == ["gpt2", "tiny"]  # the decoder step and the encoder
+    assert all(f"-v{ox.FORMAT}-" in f.name for f in files)
     mtimes = [f.stat().st_mtime_ns for f in files]
     polycap.load("polycap-tiny-random", runtime="onnx")
     assert sorted(onnx_cache.glob("*.onnx")) == files and [f.stat().st_mtime_ns for f in files] == mtimes
@@ -210,3 +211,23 @@ def test_trainer_fills_its_feature_cache_on_onnx(flickr8k, tmp_path):
     with pytest.raises(PolycapError, match="unknown runtime 'gpu'"):
         Trainer(load_config(None, [*base, f"data.cache_dir={tmp_path / 'x'}", "data.runtime=gpu"]),
                 tmp_path / "run-x", progress=False)
+
+
+def test_an_older_format_is_replaced_and_a_failing_optimizer_is_survived(tmp_path, monkeypatch, caplog):
+    from onnxruntime.transformers import optimizer
+
+    monkeypatch.setenv("POLYCAP_ONNX_CACHE", str(tmp_path))
+    stale = tmp_path / "gpt2-step-v0-0123.onnx"
+    stale.write_bytes(b"old")
+
+    def broken(*a, **k):
+        raise RuntimeError("cannot fuse")
+
+    monkeypatch.setattr(optimizer, "optimize_model", broken)
+    with caplog.at_level(logging.WARNING):
+        fast = polycap.load("polycap-tiny-random", runtime="onnx")
+    slow = polycap.load("polycap-tiny-random", runtime="torch")
+    assert "optimizer failed" in caplog.text and "cannot fuse" in caplog.text
+    assert not stale.exists() and len(list(tmp_path.glob("gpt2-step-*.onnx"))) == 1
+    o = GenerationOptions(lang=fast.default_lang, num_beams=2)
+    assert [c.text for c in fast.caption_batch(_images(), o)] == [c.text for c in slow.caption_batch(_images(), o)]

@@ -111,16 +111,20 @@ def make_session(path: Path, threads: int | None = None) -> Any:
 def export_cached(
     module: nn.Module, args: tuple, kind: str, key: str, fuse: dict[str, Any] | None = None, **export_kwargs: Any
 ) -> Path:
-    """Export ``module`` once to ``cache_dir()/<kind>-<key>.onnx`` (written atomically) and return the path.
+    """Export ``module`` once to ``cache_dir()/<kind>-v<FORMAT>-<key>.onnx`` (written atomically; older
+    formats of the same kind are deleted) and return the path.
 
     ``fuse``: arguments of onnxruntime's transformer optimizer (``model_type``, ``num_heads``,
     ``hidden_size``), which fuses LayerNorm + residual and GELU into single nodes (a GPT-2 step
     goes from 1,087 nodes to 269 and 1.40 to 1.19 ms); if it fails, the plain export is kept.
     """
-    path = cache_dir() / f"{kind}-{key}.onnx"
+    path = cache_dir() / f"{kind}-v{FORMAT}-{key}.onnx"
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f"{kind}-*.onnx"):  # graphs of an older FORMAT are never read again
+        if not old.name.startswith(f"{kind}-v{FORMAT}-"):
+            old.unlink(missing_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's tracer and deprecation warnings
