@@ -97,7 +97,9 @@ def test_torch_fallback_for_other_calls(tiny_pair):
     assert out.logits.requires_grad
 
 
-def test_exports_are_cached_by_weights(onnx_cache):
+def test_exports_are_cached_by_weights(tmp_path, monkeypatch):
+    onnx_cache = tmp_path
+    monkeypatch.setenv("POLYCAP_ONNX_CACHE", str(onnx_cache))
     polycap.load("polycap-tiny-random", runtime="onnx")
     files = sorted(onnx_cache.glob("*.onnx"))
     assert [f.name.split("-")[0] for f in files] == ["gpt2", "tiny"]  # the decoder step and the encoder
@@ -109,12 +111,32 @@ def test_exports_are_cached_by_weights(onnx_cache):
     with torch.no_grad():
         cap.model.decoder.transformer.h[0].mlp.c_fc.weight.add_(0.5)  # new weights: a new export
     cap.use_runtime("onnx")
-    assert len(list(onnx_cache.glob("gpt2-step-*.onnx"))) == 2 and len(list(onnx_cache.glob("tiny-*"))) == 1
+    assert len(list(onnx_cache.glob("gpt2-step-*.onnx"))) == 2 and len(list(onnx_cache.glob("tiny-*.onnx"))) == 1
     assert not list(onnx_cache.glob("*.tmp"))
 
 
-def test_a_wrong_step_is_caught(monkeypatch, caplog):
+def test_exports_are_checked_once_per_onnxruntime_version(tmp_path, monkeypatch):
+    import onnxruntime
+
+    onnx_cache = tmp_path
+    monkeypatch.setenv("POLYCAP_ONNX_CACHE", str(onnx_cache))
+    polycap.load("polycap-tiny-random", runtime="onnx")
+    markers = sorted(onnx_cache.glob("*.verified"))
+    assert [m.read_text().strip() for m in markers] == [onnxruntime.__version__] * 2  # decoder and encoder
+    calls = []
+    real_check = NativeCaptioner._check_generator
+    monkeypatch.setattr(NativeCaptioner, "_check_generator", lambda self, g: calls.append(1) or real_check(self, g))
+    polycap.load("polycap-tiny-random", runtime="onnx")
+    assert calls == []  # verified before
+    for m in markers:
+        m.write_text("0.0.1\n")  # another onnxruntime: check again
+    assert polycap.load("polycap-tiny-random", runtime="onnx").runtime == "onnx" and calls == [1]
+    assert all(m.read_text().strip() == onnxruntime.__version__ for m in markers)
+
+
+def test_a_wrong_step_is_caught(monkeypatch, caplog, tmp_path):
     """A generator that does not reproduce the model (here: another model's weights) is refused."""
+    monkeypatch.setenv("POLYCAP_ONNX_CACHE", str(tmp_path))  # no marker from earlier tests
     cap = polycap.load("polycap-tiny-random", runtime="torch")
     other = polycap.load("polycap-tiny-random", runtime="torch")
     with torch.no_grad():

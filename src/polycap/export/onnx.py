@@ -124,7 +124,7 @@ def export_cached(
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob(f"{kind}-*.onnx"):  # graphs of an older FORMAT are never read again
+    for old in path.parent.glob(f"{kind}-*"):  # graphs of an older FORMAT are never read again
         if not old.name.startswith(f"{kind}-v{FORMAT}-"):
             old.unlink(missing_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -142,6 +142,21 @@ def export_cached(
     os.replace(tmp, path)
     log.info("exported %s to %s", kind, path)
     return path
+
+
+def verified(path: Path) -> bool:
+    """True when the graph at ``path`` passed its check against torch (``mark_verified``) under this
+    onnxruntime version; the file name already pins the weights, torch and transformers."""
+    import onnxruntime
+
+    marker = path.with_suffix(".verified")
+    return marker.is_file() and marker.read_text(encoding="utf-8").strip() == onnxruntime.__version__
+
+
+def mark_verified(path: Path) -> None:
+    import onnxruntime
+
+    path.with_suffix(".verified").write_text(onnxruntime.__version__ + "\n", encoding="utf-8")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -163,6 +178,7 @@ class OnnxEncoder(nn.Module):
             input_names=["pixels"], output_names=["grid"],
             dynamic_axes={"pixels": {0: "batch"}, "grid": {0: "batch"}},
         )
+        self.path = path
         self.session = make_session(path, threads)
 
     def __getattr__(self, name: str) -> Any:
@@ -215,8 +231,9 @@ def fast_encoder(encoder: nn.Module, runtime: str | None = "auto") -> nn.Module:
     if isinstance(encoder, OnnxEncoder) or resolve_runtime(requested, "cpu") != "onnx":
         return encoder
     fast = OnnxEncoder(encoder)
-    problem = fast.check()
+    problem = None if verified(fast.path) else fast.check()
     if problem is None:
+        mark_verified(fast.path)
         return fast
     if requested == "onnx":
         raise PolycapError(f"the onnx image encoder {problem}")
@@ -270,6 +287,7 @@ class OnnxGPT2Decoder(GPT2LMHeadModel):
     """
 
     session: Any = None
+    path: Path | None = None
 
     @classmethod
     def from_decoder(cls, decoder: GPT2LMHeadModel, threads: int | None = None) -> OnnxGPT2Decoder:
@@ -295,6 +313,7 @@ class OnnxGPT2Decoder(GPT2LMHeadModel):
             fuse={"model_type": "gpt2", "num_heads": H, "hidden_size": cfg.n_embd},
             input_names=["input_ids", *names], output_names=outs, dynamic_axes=axes,
         )
+        fast.path = path
         fast.session = make_session(path, threads)
         return fast
 

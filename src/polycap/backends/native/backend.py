@@ -67,7 +67,9 @@ class NativeCaptioner(FeatureCaptioner):
 
         The onnx graphs are exported from this model's current weights (once, cached on disk, see
         ``polycap.export.onnx``); change the weights afterwards and call this again. A model whose
-        exported step does not reproduce the torch decoder (``_check_generator``) stays on torch.
+        exported step does not reproduce the torch decoder (``_check_generator``), or whose exported
+        encoder does not reproduce the torch one (``OnnxEncoder.check``), stays on torch; each export
+        is checked once per onnxruntime version.
         """
         from polycap.export import onnx as ox
 
@@ -77,19 +79,23 @@ class NativeCaptioner(FeatureCaptioner):
         self.encoder, self._generator, self.runtime = torch_encoder, None, "torch"
         if chosen == "torch" or self.cfg.arch != "transformer":
             return self
+        # Each export is checked against torch once per onnxruntime version (a marker beside it).
         generator = ox.OnnxGPT2Decoder.from_decoder(self.model.decoder)
-        problem = self._check_generator(generator)
+        problem = None if ox.verified(generator.path) else self._check_generator(generator)
         problem = problem and f"decoder step {problem}"
         encoder = None
         if not problem and torch_encoder is not None:
             encoder = ox.OnnxEncoder(torch_encoder)
-            encoder_problem = encoder.check()
+            encoder_problem = None if ox.verified(encoder.path) else encoder.check()
             problem = encoder_problem and f"image encoder {encoder_problem}"
         if problem:
             if requested == "onnx":
                 raise PolycapError(f"{self.name}: the onnx {problem}")
             log.warning("%s: staying on torch, the onnx %s", self.name, problem)
             return self
+        for part in (generator, encoder):
+            if part is not None:
+                ox.mark_verified(part.path)
         self.encoder = encoder or torch_encoder
         self._generator, self.runtime = generator, "onnx"
         return self
