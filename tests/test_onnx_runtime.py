@@ -253,3 +253,17 @@ def test_an_older_format_is_replaced_and_a_failing_optimizer_is_survived(tmp_pat
     assert not stale.exists() and len(list(tmp_path.glob("gpt2-step-*.onnx"))) == 1
     o = GenerationOptions(lang=fast.default_lang, num_beams=2)
     assert [c.text for c in fast.caption_batch(_images(), o)] == [c.text for c in slow.caption_batch(_images(), o)]
+
+
+def test_bench_runtime_script_runs_on_the_tiny_model(capsys):
+    """bench/runtime.py (not part of the suite's timing) still runs and finds the same captions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "runtime.py"
+    spec = importlib.util.spec_from_file_location("bench_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--model", "polycap-tiny-random", "--rounds", "1"])
+    assert out["same_captions"] is True
+    assert set(out["ms"]) == {"torch", "onnx"} and "caption_b1_greedy" in out["speedup_onnx_vs_torch"]
+    assert '"same_captions": true' in capsys.readouterr().out
