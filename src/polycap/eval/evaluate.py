@@ -2,7 +2,8 @@
 
 Both produce the same report (keys are read by later tools and benchmarks, keep them):
 ``{"model", "data", "split", "options", "languages": {lang: {"n_images", "n_refs_per_image",
-"metrics", "n_errors"}}, "speed": {"images_per_s", "ms_per_image"}, "polycap_version"}``.
+"metrics", "n_errors"}}, "speed": {"images_per_s", "ms_per_image", ...; "runtime" for polycap's own
+models}, "polycap_version"}``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def evaluate_model(
     batch_size: int = 16,
     preds_out: IO[str] | None = None,
     progress: Progress | None = None,
-) -> tuple[dict[str, dict[str, str]], dict[str, float], dict[str, int]]:
+) -> tuple[dict[str, dict[str, str]], dict[str, Any], dict[str, int]]:
     """Caption every image that has references in each language; stream predictions.
 
     Returns (predictions {lang: {key: caption}}, speed, errors per language). A failed item is
@@ -85,6 +86,8 @@ def evaluate_model(
         "ms_per_image": 1000 * seconds / len(wanted) if wanted else 0.0,
         "languages_per_image": len(langs),
     }
+    if getattr(captioner, "runtime", None):  # polycap's own models: torch or onnx
+        speed["runtime"] = captioner.runtime
     return preds, speed, errors
 
 
