@@ -315,6 +315,8 @@ class OnnxGPT2Decoder(GPT2LMHeadModel):
         )
         fast.path = path
         fast.session = make_session(path, threads)
+        fast._dims = (L, H, d, cfg.n_embd)
+        fast._feed_names = [(f"past_k{i}", f"past_v{i}", f"cross_k{i}", f"cross_v{i}") for i in range(L)]
         return fast
 
     def _fast_ok(self, input_ids, cache, attention_mask, rest: dict[str, Any]) -> bool:
@@ -363,26 +365,25 @@ class OnnxGPT2Decoder(GPT2LMHeadModel):
         return self._fast_step(input_ids, cache, encoder_hidden_states)
 
     def _fast_step(self, input_ids: torch.Tensor, cache: EncoderDecoderCache, memory: torch.Tensor):
-        cfg = self.config
-        L, H = cfg.n_layer, cfg.n_head
-        d = cfg.n_embd // H
+        L, H, d, width = self._dims  # plain ints: config attribute access is slow in a per-token loop
         own, cross = cache.self_attention_cache, cache.cross_attention_cache
-        for i, block in enumerate(self.transformer.h):
-            if not cache.is_updated.get(i):  # first step: the memory's keys/values, once, as GPT-2 does
-                k, v = block.crossattention.c_attn(memory).split(cfg.n_embd, dim=2)
+        if not cache.is_updated.get(0):  # first step: the memory's keys/values, once, as GPT-2 does
+            for i, block in enumerate(self.transformer.h):
+                k, v = block.crossattention.c_attn(memory).split(width, dim=2)
                 shape = (*k.shape[:-1], H, d)
                 cross.update(k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2), i)
                 cache.is_updated[i] = True
-        b = input_ids.shape[0]
         has_past = own.get_seq_length() > 0
-        empty = np.zeros((b, H, 0, d), dtype=np.float32)
+        empty = np.zeros((input_ids.shape[0], H, 0, d), dtype=np.float32)
         feed = {"input_ids": _np(input_ids)}
-        for i in range(L):
-            k, v = _layer_kv(own, i) if has_past else (None, None)
-            feed[f"past_k{i}"] = _np(k) if has_past else empty
-            feed[f"past_v{i}"] = _np(v) if has_past else empty
-            ck, cv = _layer_kv(cross, i)
-            feed[f"cross_k{i}"], feed[f"cross_v{i}"] = _np(ck), _np(cv)
+        for i, (pk, pv, ck, cv) in enumerate(self._feed_names):
+            if has_past:
+                k, v = _layer_kv(own, i)
+                feed[pk], feed[pv] = _np(k), _np(v)
+            else:
+                feed[pk] = feed[pv] = empty
+            k, v = _layer_kv(cross, i)
+            feed[ck], feed[cv] = _np(k), _np(v)
         logits, *new = self.session.run(None, feed)
         for i in range(L):
             own.update(torch.from_numpy(new[2 * i]), torch.from_numpy(new[2 * i + 1]), i)
