@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     paths = [item.image for item in read_manifest(args.manifest, split=args.split)]
-    from polycap.export.onnx import fast_encoder
+    from polycap.export.onnx import OnnxEncoder, fast_encoder
 
     encoder = fast_encoder(EfficientNetLite2Encoder.from_pretrained(), args.runtime)
     cache = FeatureCache(args.cache_dir, encoder)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s": round(computed / seconds, 2) if computed else None,
         "batch_size": args.batch_size,
         "threads": args.threads,
-        "runtime": "onnx" if type(encoder).__name__ == "OnnxEncoder" else "torch",
+        "runtime": "onnx" if isinstance(encoder, OnnxEncoder) else "torch",
         "cache": str(cache.root),
     }
     print(json.dumps(summary), flush=True)

@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -144,19 +145,19 @@ def export_cached(
     return path
 
 
-def verified(path: Path) -> bool:
-    """True when the graph at ``path`` passed its check against torch (``mark_verified``) under this
-    onnxruntime version; the file name already pins the weights, torch and transformers."""
+def check_once(path: Path, check: Callable[[], str | None]) -> str | None:
+    """Run ``check`` (None when the graph at ``path`` reproduces torch, else what differs) unless it
+    already passed under this onnxruntime version; a pass is recorded in a marker beside the graph,
+    whose file name already pins the weights, torch and transformers."""
     import onnxruntime
 
     marker = path.with_suffix(".verified")
-    return marker.is_file() and marker.read_text(encoding="utf-8").strip() == onnxruntime.__version__
-
-
-def mark_verified(path: Path) -> None:
-    import onnxruntime
-
-    path.with_suffix(".verified").write_text(onnxruntime.__version__ + "\n", encoding="utf-8")
+    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == onnxruntime.__version__:
+        return None
+    problem = check()
+    if problem is None:
+        marker.write_text(onnxruntime.__version__ + "\n", encoding="utf-8")
+    return problem
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -223,17 +224,18 @@ def fast_encoder(encoder: nn.Module, runtime: str | None = "auto") -> nn.Module:
     from polycap.errors import PolycapError
 
     requested = requested_runtime(runtime)
+    if isinstance(encoder, OnnxEncoder):
+        return encoder
     own = type(encoder).__module__.startswith("polycap.backends.native")
     if not own:
         if requested == "onnx":
             raise PolycapError(f"encoder {getattr(encoder, 'name', encoder)!r} has no onnx runtime; use 'torch'")
         return encoder
-    if isinstance(encoder, OnnxEncoder) or resolve_runtime(requested, "cpu") != "onnx":
+    if resolve_runtime(requested, "cpu") != "onnx":
         return encoder
     fast = OnnxEncoder(encoder)
-    problem = None if verified(fast.path) else fast.check()
+    problem = check_once(fast.path, fast.check)
     if problem is None:
-        mark_verified(fast.path)
         return fast
     if requested == "onnx":
         raise PolycapError(f"the onnx image encoder {problem}")
@@ -374,7 +376,7 @@ class OnnxGPT2Decoder(GPT2LMHeadModel):
                 cross.update(k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2), i)
                 cache.is_updated[i] = True
         has_past = own.get_seq_length() > 0
-        empty = np.zeros((input_ids.shape[0], H, 0, d), dtype=np.float32)
+        empty = None if has_past else np.zeros((input_ids.shape[0], H, 0, d), dtype=np.float32)
         feed = {"input_ids": _np(input_ids)}
         for i, (pk, pv, ck, cv) in enumerate(self._feed_names):
             if has_past:

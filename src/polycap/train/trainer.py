@@ -82,8 +82,6 @@ class Trainer:
     def _extraction_encoder(self) -> Any:
         """What computes the features the cache lacks: the encoder, on onnxruntime when
         ``data.runtime`` allows (same cache keys; see ``polycap.export.onnx.fast_encoder``)."""
-        if self.cfg.data.runtime == "torch":
-            return self.encoder
         from polycap.export.onnx import fast_encoder
 
         return fast_encoder(self.encoder, self.cfg.data.runtime)

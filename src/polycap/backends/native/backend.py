@@ -81,21 +81,18 @@ class NativeCaptioner(FeatureCaptioner):
             return self
         # Each export is checked against torch once per onnxruntime version (a marker beside it).
         generator = ox.OnnxGPT2Decoder.from_decoder(self.model.decoder)
-        problem = None if ox.verified(generator.path) else self._check_generator(generator)
+        problem = ox.check_once(generator.path, lambda: self._check_generator(generator))
         problem = problem and f"decoder step {problem}"
         encoder = None
         if not problem and torch_encoder is not None:
             encoder = ox.OnnxEncoder(torch_encoder)
-            encoder_problem = None if ox.verified(encoder.path) else encoder.check()
+            encoder_problem = ox.check_once(encoder.path, encoder.check)
             problem = encoder_problem and f"image encoder {encoder_problem}"
         if problem:
             if requested == "onnx":
                 raise PolycapError(f"{self.name}: the onnx {problem}")
             log.warning("%s: staying on torch, the onnx %s", self.name, problem)
             return self
-        for part in (generator, encoder):
-            if part is not None:
-                ox.mark_verified(part.path)
         self.encoder = encoder or torch_encoder
         self._generator, self.runtime = generator, "onnx"
         return self
