@@ -78,3 +78,45 @@ def test_score_bad_inputs_are_usage_errors(val_manifest, tmp_path, capsys):
     other.write_text(json.dumps({"image": "nope.jpg", "lang": "en", "caption": "x"}) + "\n")
     assert main(["score", "--data", str(val_manifest), "--preds", str(other)]) == 2
     assert main(["eval", "--data", str(tmp_path / "missing.jsonl"), "--model", "polycap-tiny-random"]) == 2
+
+
+@pytest.fixture
+def test_split_manifest(tmp_path) -> Path:
+    """References only (score never opens images): 3 test images and 2 val images."""
+    path = tmp_path / "refs.jsonl"
+    rows = [(f"t{i}.jpg", "test") for i in range(3)] + [(f"v{i}.jpg", "val") for i in range(2)]
+    path.write_text("".join(
+        json.dumps({"image": key, "split": split, "captions": {"en": ["a dog runs on the grass", "a dog"]}}) + "\n"
+        for key, split in rows
+    ))  # fmt: skip
+    return path
+
+
+def _preds(tmp_path, keys) -> Path:
+    path = tmp_path / "preds.jsonl"
+    path.write_text("".join(json.dumps({"image": k, "lang": "en", "caption": "a dog runs"}) + "\n" for k in keys))
+    return path
+
+
+def test_score_uses_the_split_of_the_predicted_images(test_split_manifest, tmp_path, capsys):
+    """Predictions for the test split score against it without --split (it used to look only at 'val')."""
+    preds, report = _preds(tmp_path, ["t0.jpg", "t1.jpg"]), tmp_path / "r.json"
+    assert main(["score", "--data", str(test_split_manifest), "--preds", str(preds), "--out", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["split"] == "test"
+    en = r["languages"]["en"]
+    assert en["n_images"] == 2 and en["n_missing"] == 1  # t2 has no prediction: still counted; val is not
+    assert "BLEU-4" in capsys.readouterr().err
+
+
+def test_score_split_flag_still_chooses(test_split_manifest, tmp_path, capsys):
+    preds, report = _preds(tmp_path, ["t0.jpg", "t1.jpg"]), tmp_path / "r.json"
+    base = ["score", "--data", str(test_split_manifest), "--preds", str(preds), "--out", str(report)]
+    assert main([*base, "--split", ""]) == 0  # every split: the two val images count as missing too
+    r = json.loads(report.read_text())
+    assert r["split"] == "all" and r["languages"]["en"]["n_missing"] == 3
+    assert main([*base, "--split", "val"]) == 2
+    assert "no predictions in" in capsys.readouterr().err
+    unknown = _preds(tmp_path, ["elsewhere.jpg"])
+    assert main(["score", "--data", str(test_split_manifest), "--preds", str(unknown)]) == 2
+    assert "none of the predicted images is in" in capsys.readouterr().err

@@ -8,7 +8,9 @@ ImageError whose message contains a given substring.
 from __future__ import annotations
 
 import io
+import os
 import struct
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +29,12 @@ from polycap.images import (
     is_url,
     iter_image_files,
     load_image,
+    scan_image_files,
 )
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 255, 255)
 HAS_WEBP = features.check("webp")
+HAS_AVIF = features.check("avif")
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,6 +284,15 @@ if HAS_WEBP:
         ),
         ("animated webp: first frame", lambda t: animated("WEBP"), Ok((6, 4), {(0, 0): RED})),
     ]
+if HAS_AVIF:
+    CASES += [
+        (
+            "avif file",
+            lambda t: write(t, "a.avif", encode(Image.new("RGB", (8, 6), BLUE), "AVIF", quality=100)),
+            Ok((8, 6), {(4, 3): BLUE}, tol=12),
+        ),
+        ("truncated avif", lambda t: encode(Image.new("RGB", (8, 6), BLUE), "AVIF")[:40], Err("AVIF")),
+    ]
 
 
 @pytest.mark.parametrize(("case", "make", "expected"), CASES, ids=[c[0] for c in CASES])
@@ -311,8 +324,9 @@ def test_custom_max_pixels_refuses_before_decoding(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     with pytest.raises(ImageError, match=r"1000x1000 = 1,000,000 pixels exceeds the limit of 999,999"):
         load_image(png_declaring(1000, 1000), max_pixels=999_999)
-    with pytest.raises(ImageError, match="max_pixels=None"):
+    with pytest.raises(ImageError, match="max_pixels=None") as info:
         load_image(png_declaring(20000, 20000))
+    assert "--max-pixels N on the command line" in str(info.value)  # the CLI has that flag
 
 
 def test_max_pixels_allows_exact_limit_and_none() -> None:
@@ -495,4 +509,81 @@ def test_explicit_and_missing_paths_are_kept(tree: Path) -> None:
 
 def test_constants() -> None:
     assert DEFAULT_MAX_PIXELS == 64_000_000
-    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} == IMAGE_EXTENSIONS
+    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} < IMAGE_EXTENSIONS
+    assert {".heic", ".heif", ".avif", ".jfif"} < IMAGE_EXTENSIONS
+
+
+def test_heic_heif_avif_are_found_by_folders_and_globs(tree: Path) -> None:
+    for rel in ["sub/p.HEIC", "sub/q.heif", "r.avif"]:
+        (tree / rel).write_bytes(b"x")
+    assert names(iter_image_files([str(tree)]), tree) == [
+        "a.PNG", "b.jpg", "r.avif", "sub/c.webp", "sub/p.HEIC", "sub/q.heif", "sub/z.gif"
+    ]  # fmt: skip
+    assert names(iter_image_files([f"{tree}/sub/*.HEIC"]), tree) == ["sub/p.HEIC"]
+
+
+def test_scan_reports_what_it_skipped(tree: Path) -> None:
+    scan = scan_image_files([str(tree), f"{tree}/sub/*.csv"])
+    assert names(scan.paths, tree) == ["a.PNG", "b.jpg", "sub/c.webp", "sub/z.gif"]
+    # hidden and non-image files are reported (the csv twice: walked and globbed); .git is not entered
+    assert sorted(names(scan.skipped, tree)) == [".hidden.jpg", "notes.txt", "sub/data.csv", "sub/data.csv"]
+    assert scan.unreadable == []
+
+
+def test_scan_reports_folders_it_cannot_list(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if os.fspath(path) == str(tree / "sub"):
+            raise PermissionError(13, "Permission denied", str(tree / "sub"))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    scan = scan_image_files([str(tree)])
+    assert names(scan.paths, tree) == ["a.PNG", "b.jpg"]
+    assert scan.unreadable == [(tree / "sub", "Permission denied")]
+
+
+def test_non_utf8_file_name_opens(tmp_path: Path) -> None:
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
+    with open(raw, "wb") as fh:
+        fh.write(encode(Image.new("RGB", (3, 2), RED), "PNG"))
+    (found,) = iter_image_files([str(tmp_path)])
+    assert os.fsencode(found) == raw
+    assert load_image(found).size == (3, 2)
+
+
+# An ISO base media file header as iPhones write it: ftyp box, major brand heic, then mif1 heic.
+HEIC_HEAD = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 40
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (HEIC_HEAD, "HEIF"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heix", "HEIF"),
+        (b"\x00\x00\x00\x20ftypmif1\x00\x00\x00\x00mif1avifmiafMA1B", "AVIF"),  # AVIF under a mif1 major brand
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf", "AVIF"),
+        (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", None),  # an mp4 video
+        (b"\x89PNG\r\n\x1a\n", None),
+    ],
+    ids=["heic", "heix", "avif-under-mif1", "avif", "mp4", "png"],
+)
+def test_container_kind(head: bytes, kind: str | None) -> None:
+    assert images._container_kind(head) == kind
+
+
+def test_heic_without_pillow_heif_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # the default install: not importable
+    monkeypatch.setattr(images, "_heif_registered", False)
+    with pytest.raises(ImageError, match=r"need pillow-heif: pip install 'polycap\[heif\]'"):
+        load_image(write(tmp_path, "IMG_0001.HEIC", HEIC_HEAD))
+
+
+def test_heic_with_pillow_heif_decodes(tmp_path: Path) -> None:
+    pillow_heif = pytest.importorskip("pillow_heif")  # the optional ``heif`` extra
+    heif = pillow_heif.from_pillow(Image.new("RGB", (16, 8), RED))
+    path = tmp_path / "photo.heic"
+    heif.save(path, quality=95)
+    out = load_image(path)
+    assert out.size == (16, 8) and all(abs(a - b) <= 16 for a, b in zip(out.getpixel((8, 4)), RED))

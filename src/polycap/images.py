@@ -23,9 +23,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Union
 
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from polycap.errors import ImageError
 
@@ -35,18 +35,26 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "FileScan",
     "ImageInput",
     "describe_source",
     "is_url",
     "iter_image_files",
     "load_image",
+    "scan_image_files",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest image (width * height) decoded by default: a 64 MP RGB image is ~190 MB of pixels."""
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-"""Lower-case suffixes picked up when a directory or glob is expanded by ``iter_image_files``."""
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    | {".avif", ".heic", ".heif"}
+)
+"""Lower-case suffixes picked up when a directory or glob is expanded by ``iter_image_files``.
+
+HEIC/HEIF are listed even though Pillow cannot decode them on its own: a folder of iPhone photos
+must give one clear error per photo (install pillow-heif), never silently nothing."""
 
 # A Union (not ``X | Y``) because numpy is only imported for type checking: the alias must still
 # be a valid object at runtime, and a string forward reference cannot take part in ``|``.
@@ -74,6 +82,10 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
+# ISO base media file ("ftyp" box) brands: HEIF needs pillow-heif, AVIF a Pillow built with libavif.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_heif_registered = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,18 +252,57 @@ def _load_stream(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
 def _decode(fp: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
     """Identify, size-check, decode and normalise one encoded image read from ``fp``."""
     with _pil_guard(max_pixels):
-        try:
-            im = Image.open(fp)
-        except Image.DecompressionBombError as e:
-            raise ImageError(_too_large_message(None, str(e), max_pixels), name) from e
-        except UnidentifiedImageError as e:
-            raise ImageError(_unrecognised_message(_head(fp)), name) from e
-        except Exception as e:  # PIL raises many types on bad headers; all mean "bad data"
-            raise ImageError(f"truncated or corrupt image data ({_reason(e)})", name) from e
+        im = _open_pil(fp, name, max_pixels)
         with im:
             _check_size(im.size, max_pixels, name)
             _load_pixels(im, name, max_pixels)
             return _to_rgb(im, name)
+
+
+def _open_pil(fp: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` with every failure an ImageError; HEIF gets pillow-heif's opener if installed."""
+    try:
+        return Image.open(fp)
+    except Image.DecompressionBombError as e:
+        raise ImageError(_too_large_message(None, str(e), max_pixels), name) from e
+    except UnidentifiedImageError as e:
+        head = _head(fp)
+        if _container_kind(head) == "HEIF" and _register_heif_opener():
+            fp.seek(0)
+            return _open_pil(fp, name, max_pixels)
+        raise ImageError(_unrecognised_message(head), name) from e
+    except Exception as e:  # PIL raises many types on bad headers; all mean "bad data"
+        raise ImageError(f"truncated or corrupt image data ({_reason(e)})", name) from e
+
+
+def _register_heif_opener() -> bool:
+    """Teach PIL to read HEIC/HEIF through pillow-heif (the ``heif`` extra), on the first HEIF file
+    seen, so ``import polycap`` stays light. True only when it was registered just now."""
+    global _heif_registered
+    if _heif_registered:
+        return False
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    with _pil_lock:
+        if not _heif_registered:
+            register_heif_opener()
+            _heif_registered = True
+    return True
+
+
+def _container_kind(head: bytes) -> str | None:
+    """The kind ("HEIF", "AVIF") of an ISO base media file, from its brands; None for other data."""
+    if head[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(head[:4], "big")
+    box = head[8 : min(max(size, 16), len(head))]
+    # major brand, minor version (skipped), then the compatible brands
+    brands = {box[:4]} | {box[i : i + 4] for i in range(8, len(box) - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    return "HEIF" if brands & _HEIF_BRANDS else None
 
 
 def _load_pixels(im: Image.Image, name: str, max_pixels: int | None) -> None:
@@ -286,8 +337,18 @@ def _unrecognised_message(head: bytes) -> str:
             return f"truncated or corrupt image data (starts like a {fmt} file but cannot be read)"
     msg = "not a recognised image format"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc"):
-        return f"{msg}: HEIC/HEIF is not supported; convert it to JPEG or PNG"
+    kind = _container_kind(head)
+    if kind == "HEIF":
+        if _heif_registered:
+            return "truncated or corrupt image data (starts like a HEIC/HEIF file but pillow-heif cannot read it)"
+        return (
+            f"{msg}: HEIC/HEIF photos need pillow-heif: pip install 'polycap[heif]' "
+            "(or convert them to JPEG or PNG)"
+        )
+    if kind == "AVIF":
+        if "avif" in features.modules and features.check_module("avif"):
+            return "truncated or corrupt image data (starts like an AVIF file but cannot be read)"
+        return f"{msg}: this Pillow cannot decode AVIF; upgrade it (pip install -U 'pillow>=11.3')"
     if text.startswith(b"%pdf"):
         return f"{msg}: it is a PDF document"
     if b"<svg" in text:
@@ -299,7 +360,7 @@ def _unrecognised_message(head: bytes) -> str:
         )
     if head and _looks_like_text(head):
         return f"{msg}: it looks like a text file, not an image"
-    return f"{msg} (first bytes: {head[:8].hex(' ')}); expected JPEG, PNG, WebP, GIF, BMP or TIFF"
+    return f"{msg} (first bytes: {head[:8].hex(' ')}); expected JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF"
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -333,8 +394,8 @@ def _too_large_message(size: tuple[int, int] | None, pil_msg: str, max_pixels: i
     limit = f"{max_pixels:,}" if max_pixels is not None else "PIL's limit"
     return (
         f"image too large: {what} exceeds the limit of {limit} pixels (refused before decoding, "
-        "as a possible decompression bomb); pass a larger max_pixels, or max_pixels=None for "
-        "no limit, if you trust this file"
+        "as a possible decompression bomb); if you trust this file, raise the limit: --max-pixels N "
+        "on the command line, max_pixels=N (or max_pixels=None for no limit) in Python"
     )
 
 
@@ -518,6 +579,17 @@ def _array_to_uint8(a: np.ndarray, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+class FileScan(NamedTuple):
+    """What ``scan_image_files`` found, and what it passed over so that callers can say so."""
+
+    paths: list[Path]
+    """Images to caption, in input order, no repeats."""
+    skipped: list[Path]
+    """Files in searched folders or glob matches that were not taken: hidden, or no image suffix."""
+    unreadable: list[tuple[Path, str]]
+    """Folders that could not be listed, with the reason: images in them may have been missed."""
+
+
 def iter_image_files(inputs: list[str]) -> list[Path]:
     """Expand files, directories and glob patterns into image paths, in input order, no repeats.
 
@@ -529,20 +601,29 @@ def iter_image_files(inputs: list[str]) -> list[Path]:
     * anything else - a missing path, or a pattern matching nothing - is returned unchanged, so
       the caller reports a per-item error for it (``load_image`` says "file not found") instead
       of it silently disappearing from the job.
+
+    File names that are not valid UTF-8 come back as ``str`` with surrogate escapes
+    (``os.fsdecode``), which open the very same file. ``scan_image_files`` also tells what was
+    passed over.
     """
-    out: list[Path] = []
+    return scan_image_files(inputs).paths
+
+
+def scan_image_files(inputs: list[str]) -> FileScan:
+    """``iter_image_files``, plus the files it skipped and the folders it could not list."""
+    scan = FileScan([], [], [])
     seen: set[str] = set()
 
     def add(p: Path) -> None:
         key = os.path.normcase(os.path.abspath(p))
         if key not in seen:
             seen.add(key)
-            out.append(p)
+            scan.paths.append(p)
 
     for raw in inputs:
         item = os.path.expanduser(os.fspath(raw))
         if os.path.isdir(item):
-            for p in _walk_images(Path(item)):
+            for p in _walk_images(Path(item), scan):
                 add(p)
         elif os.path.exists(item) or not _GLOB_CHARS.intersection(item):
             add(Path(item))
@@ -552,19 +633,31 @@ def iter_image_files(inputs: list[str]) -> list[Path]:
                 add(Path(item))
             for m in matches:
                 if os.path.isdir(m):
-                    for p in _walk_images(Path(m)):
+                    for p in _walk_images(Path(m), scan):
                         add(p)
                 elif _has_image_suffix(m):
                     add(Path(m))
-    return out
+                else:
+                    scan.skipped.append(Path(m))
+    return scan
 
 
-def _walk_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (symlinked folders not followed, so no cycles), sorted."""
+def _walk_images(root: Path, scan: FileScan) -> list[Path]:
+    """Image files under ``root`` (symlinked folders not followed, so no cycles), sorted.
+
+    Hidden folders are not entered; other files not taken go to ``scan.skipped``, folders that
+    cannot be listed to ``scan.unreadable``: nothing disappears without a word.
+    """
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(e: OSError) -> None:
+        scan.unreadable.append((Path(e.filename or root), e.strerror or str(e)))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath, f) for f in filenames if not f.startswith(".") and _has_image_suffix(f))
+        for f in filenames:
+            taken = not f.startswith(".") and _has_image_suffix(f)
+            (found if taken else scan.skipped).append(Path(dirpath, f))
     return sorted(found)
 
 

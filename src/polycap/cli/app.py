@@ -6,6 +6,7 @@ import logging
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from polycap._version import __version__
 from polycap.errors import PolycapError
@@ -17,7 +18,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Text printed here is never read as rich markup: messages carry brackets ("pip install
+# 'polycap[gemma]'") that markup would silently drop. Style with ``Text`` where colour helps.
+err = Console(stderr=True, markup=False, highlight=False, emoji=False, soft_wrap=True)
+out = Console(markup=False, highlight=False, emoji=False)
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -39,7 +43,7 @@ def _root(
 
 def usage_error(message: str) -> typer.Exit:
     """Print a usage error and return the Exit to raise (exit code 2)."""
-    err.print(f"[red]error:[/red] {message}", markup=True)
+    err.print(Text.assemble(("error:", "red"), " ", message))
     return typer.Exit(EXIT_USAGE)
 
 

@@ -109,7 +109,9 @@ def eval_cmd(
 def score_cmd(
     data: Path = typer.Option(..., "--data", help="Caption manifest (JSON Lines) with the references."),
     preds: Path = typer.Option(..., "--preds", help='Predictions: {"image", "lang", "caption"} per line.'),
-    split: str | None = typer.Option("val", "--split", help="Manifest split ('' for all)."),
+    split: str | None = typer.Option(
+        None, "--split", help="Manifest split ('' for all; default: the splits of the predicted images)."
+    ),
     lang: str | None = typer.Option(None, "--lang", "-l", help="Languages to score (default: all predicted)."),
     refs: int | None = typer.Option(None, "--refs", min=1, help="Use only the first N references per image."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report JSON."),
@@ -119,17 +121,37 @@ def score_cmd(
     from polycap.eval.evaluate import build_report, read_predictions
 
     try:
-        items = _items(data, split or None, None)
         predictions = read_predictions(preds)
+        items, split_name = _scored_items(data, split, predictions)
         langs = split_langs(lang) or list(predictions)
-        meta = {"model": str(preds), "data": str(data), "split": split or "all",
+        meta = {"model": str(preds), "data": str(data), "split": split_name,
                 "options": {"max_refs": refs}, "speed": None}
         report = build_report(items, predictions, langs, refs, meta)
     except (OptionError, PolycapError, OSError) as e:
         raise usage_error(str(e)) from e
     if not report["languages"]:
-        raise usage_error(f"no predictions in {preds} match images with references in {data} (split {split!r})")
+        raise usage_error(f"no predictions in {preds} match images with references in {data} (split {split_name!r})")
     _write_report(report, out, markdown, _refs_preds(items, predictions, langs, refs))
+
+
+def _scored_items(data: Path, split: str | None, predictions: dict[str, dict[str, str]]):
+    """The manifest items to score against, and the split name for the report.
+
+    With ``--split`` given, that split ('' for all). Without, every split a predicted image belongs
+    to: predictions for the test split are scored on it, and the split's other images still count
+    as missing, so a partial run shows.
+    """
+    from polycap.data.manifest import read_manifest
+
+    if split is not None:
+        return _items(data, split or None, None), split or "all"
+    items = read_manifest(data)
+    named = {key for by_image in predictions.values() for key in by_image}
+    splits = {it.split for it in items if it.key in named}
+    if not splits:
+        raise usage_error(f"none of the predicted images is in {data} (predictions name images by its 'image' field)")
+    chosen = [it for it in items if it.split in splits]
+    return chosen, ",".join(sorted(str(s) for s in splits if s is not None)) or "all"
 
 
 def _progress(total: int, quiet: bool):
