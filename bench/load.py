@@ -1,21 +1,32 @@
-"""Load test of `polycap serve`: N concurrent clients on loopback, micro-batching on vs off.
+"""Load test of `polycap serve`: N concurrent clients on loopback, micro-batching on vs off, and
+large JSON bodies.
 
-For each mode the script starts a real `polycap serve` process on a free loopback port, waits for
-/readyz, warms up, then runs ``--clients`` concurrent clients posting the same photo for
-``--duration`` seconds. It prints one JSON object: requests/s, images/s, latency percentiles, error
-and rejection (503) counts and the server's peak RSS, per mode, and the on/off throughput ratio.
+For each batching mode the script starts a real `polycap serve` process on a free loopback port,
+waits for /readyz, warms up, then runs ``--clients`` concurrent clients posting the same photo for
+``--duration`` seconds: requests/s, images/s, latency percentiles, error and rejection (503)
+counts and the server's peak RSS, per mode, and the on/off throughput ratio.
+
+The large-body scenario starts one more server and has ``--large-clients`` clients post a
+``--large-mb`` MB JSON body (one base64 noise PNG) for ``--large-duration`` seconds while a probe
+asks /healthz every 50 ms: /healthz latency (does parsing block the event loop?), the server's RSS
+before, at peak and ``--idle-s`` seconds after the load (is memory given back?), and outcomes.
 
     python bench/load.py                                  # 16 clients, 15 s per mode, tiny model
     python bench/load.py --clients 32 --duration 30 --model polycap-base
+    python bench/load.py --scenarios large-body --large-clients 32
 
-Clients and server share the machine's cores, so absolute numbers are pessimistic; the on/off
-ratio is the point. Nothing leaves 127.0.0.1.
+It prints one JSON object. Clients and server share the machine's cores, so absolute numbers are
+pessimistic; the on/off ratio and the /healthz latency under load are the point. Nothing leaves
+127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
+import io
 import json
 import os
 import platform
@@ -47,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--torch-threads", type=int, default=None, help="passed to polycap serve --torch-threads")
+    p.add_argument("--scenarios", default="batching,large-body", help="which to run: batching, large-body")
+    p.add_argument("--large-clients", type=int, default=16, help="clients posting large JSON bodies")
+    p.add_argument("--large-mb", type=float, default=19.0, help="size of each large JSON body, MB")
+    p.add_argument("--large-duration", type=float, default=10.0, help="seconds of large-body load")
+    p.add_argument("--idle-s", type=float, default=5.0, help="seconds idle after the large-body load before RSS")
     return p.parse_args(argv)
 
 
@@ -58,9 +74,18 @@ def free_port() -> int:
 
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident memory of a process (VmHWM, Linux); None where /proc is not available."""
+    return _proc_status_mb(pid, "VmHWM:")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process now (VmRSS, Linux); None where /proc is not available."""
+    return _proc_status_mb(pid, "VmRSS:")
+
+
+def _proc_status_mb(pid: int, key: str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
@@ -76,6 +101,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def start_server(args: argparse.Namespace, batching: bool, log: Any) -> tuple[subprocess.Popen, str]:
+    """A real `polycap serve` process on a free loopback port (its output goes to ``log``)."""
     port = free_port()
     argv = [sys.executable, "-c", CLI, "serve", "--model", args.model, "--port", str(port), "--device", args.device]
     argv += ["--batching" if batching else "--no-batching", "--batch-window-ms", str(args.batch_window_ms)]
@@ -170,13 +196,136 @@ async def bench_mode(args: argparse.Namespace, batching: bool, image: bytes) -> 
                 proc.kill()
 
 
+def large_body(megabytes: float) -> bytes:
+    """A JSON caption request of about ``megabytes`` MB: one PNG of noise (incompressible), base64."""
+    import numpy as np
+    from PIL import Image
+
+    side = int((megabytes * 1e6 * 0.75 / 3) ** 0.5)  # base64 is 4/3 of the PNG, the PNG ~3 bytes a pixel
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return json.dumps({"images": [{"data": base64.b64encode(buf.getvalue()).decode(), "name": "noise.png"}]}).encode()
+
+
+async def probe_health(client: Any, base: str, stop: asyncio.Event, every_s: float = 0.05) -> list[float]:
+    """GET /healthz every ``every_s`` until ``stop``; latencies in ms (a failed probe counts as its time)."""
+    latencies = []
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        with contextlib.suppress(Exception):  # a timeout is a (very) slow answer
+            await client.get(f"{base}/healthz")
+        latencies.append((time.perf_counter() - t0) * 1000)
+        await asyncio.sleep(every_s)
+    return latencies
+
+
+async def sample_rss(pid: int, stop: asyncio.Event, every_s: float = 0.1) -> float | None:
+    """The largest VmRSS seen until ``stop`` (VmHWM also counts model loading)."""
+    peak = None
+    while not stop.is_set():
+        now = rss_mb(pid)
+        if now is not None:
+            peak = max(peak or 0.0, now)
+        await asyncio.sleep(every_s)
+    return peak
+
+
+async def post_large(client: Any, base: str, body: bytes, stop_at: float, counts: dict, latencies: list) -> None:
+    headers = {"content-type": "application/json"}
+    while time.monotonic() < stop_at:
+        t0 = time.perf_counter()
+        try:
+            r = await client.post(f"{base}/v1/captions", content=body, headers=headers)
+        except Exception:  # noqa: BLE001 - counted, the load goes on
+            counts["errors"] += 1
+            continue
+        key = {200: "ok", 503: "rejected_503"}.get(r.status_code, "errors")
+        counts[key] += 1
+        if r.status_code == 200:
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+
+async def bench_large_bodies(args: argparse.Namespace) -> dict:
+    """Large JSON bodies from many clients: /healthz latency meanwhile, RSS before, at peak, idle after."""
+    import httpx
+
+    body = large_body(args.large_mb)
+    n = args.large_clients
+    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    with tempfile.TemporaryFile("w+") as log:
+        proc, base = start_server(args, True, log)
+        try:
+            async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
+                await wait_ready(client, base, proc)
+                await client.post(f"{base}/v1/captions", content=body, headers={"content-type": "application/json"})
+                await asyncio.sleep(1.0)
+                before = rss_mb(proc.pid)
+                stop = asyncio.Event()
+                health = asyncio.ensure_future(probe_health(client, base, stop))
+                rss = asyncio.ensure_future(sample_rss(proc.pid, stop))
+                counts = {"ok": 0, "errors": 0, "rejected_503": 0}
+                latencies: list[float] = []
+                t0 = time.perf_counter()
+                stop_at = time.monotonic() + args.large_duration
+                await asyncio.gather(*(post_large(client, base, body, stop_at, counts, latencies) for _ in range(n)))
+                elapsed = time.perf_counter() - t0
+                stop.set()
+                health_ms, peak = await health, await rss
+                await asyncio.sleep(args.idle_s)
+                idle = rss_mb(proc.pid)
+                idle_health = await probe_health_once(client, base)
+            return {
+                "clients": n,
+                "body_mb": round(len(body) / 1e6, 2),
+                "seconds": round(elapsed, 2),
+                "requests": counts["ok"],
+                "requests_per_s": round(counts["ok"] / elapsed, 2),
+                "errors": counts["errors"],
+                "rejected_503": counts["rejected_503"],
+                "request_latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
+                "healthz_ms": {
+                    "probes": len(health_ms),
+                    "p50": percentile(health_ms, 50),
+                    "p95": percentile(health_ms, 95),
+                    "p99": percentile(health_ms, 99),
+                    "max": round(max(health_ms), 1) if health_ms else None,
+                    "idle_after": idle_health,
+                },
+                "server_rss_mb": {"before": before, "peak": peak, f"idle_{args.idle_s:g}s_after": idle},
+                "server_peak_rss_mb": peak_rss_mb(proc.pid),
+            }
+        except Exception:
+            log.seek(0)
+            sys.stderr.write(log.read()[-4000:])
+            raise
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def probe_health_once(client: Any, base: str) -> float:
+    t0 = time.perf_counter()
+    await client.get(f"{base}/healthz")
+    return round((time.perf_counter() - t0) * 1000, 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     image = args.image.read_bytes()
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    scenarios = {x.strip() for x in args.scenarios.split(",") if x.strip()}
+    unknown = scenarios - {"batching", "large-body"}
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}; known: batching, large-body")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if "batching" in scenarios else []
     results = {}
     for mode in modes:
         results[f"batching_{mode}"] = asyncio.run(bench_mode(args, mode == "on", image))
+    if "large-body" in scenarios:
+        results["large_body"] = asyncio.run(bench_large_bodies(args))
     out: dict[str, Any] = {
         "benchmark": "serve-load",
         "command": "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -33,7 +33,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from polycap.backends.base import Capabilities, Captioner  # noqa: E402
 from polycap.cli.output import record  # noqa: E402
 from polycap.serve import ServeSettings, create_app  # noqa: E402
-from polycap.serve.fetch import FetchError, blocked_reason, fetch_url, is_public  # noqa: E402
+from polycap.serve.fetch import FetchError, blocked_reason, fetch_image, fetch_url, is_public  # noqa: E402
 from polycap.types import Caption  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -424,7 +424,7 @@ def test_ssrf_targets_are_refused_per_item(tiny):
 def test_redirect_to_loopback_is_refused_and_allowed_fetch_is_pinned(tiny):
     with http_server("127.0.0.2") as (port, handler), http_server("127.0.0.1") as (port1, inner):
         handler.redirect_to = f"http://127.0.0.1:{port1}/a.png"
-        fetcher = partial(fetch_url, allow=loopback2_allowed, timeout_s=5)
+        fetcher = partial(fetch_image, allow=loopback2_allowed, timeout_s=5)
         settings = ServeSettings(allow_urls=True)
         with serving(settings, captioners=[tiny], fetcher=fetcher) as client:
             images = [{"url": f"http://127.0.0.2:{port}/redirect"}, {"url": f"http://127.0.0.2:{port}/a.png"}]
@@ -523,12 +523,14 @@ def test_polycap_serve_command_builds_the_configured_app(monkeypatch, tiny):
     monkeypatch.setattr(polycap, "load", lambda name, device="auto": tiny)
     monkeypatch.setenv("POLYCAP_API_KEY", API_KEY)
     argv = ["serve", "-m", "polycap-tiny-random", "--port", "8123", "--no-batching", "--max-queue", "3"]
+    argv += ["--max-work", "900"]
     assert main([*argv, "--max-upload-mb", "1", "--allow-urls", "--cors-origin", "http://a.example"]) == 0
     ((app, kwargs),) = calls
     assert kwargs["port"] == 8123 and kwargs["host"] == "127.0.0.1" and kwargs["access_log"] is False
     assert kwargs["log_config"]["loggers"]["polycap.serve.access"]["propagate"] is False  # bare JSON lines
     settings = app.state.settings
     assert (settings.batching, settings.max_queue, settings.max_upload_bytes) == (False, 3, 1024 * 1024)
+    assert settings.max_work == 900
     assert settings.allow_urls and settings.cors_origins == ("http://a.example",) and settings.api_key == API_KEY
     with TestClient(app) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200)

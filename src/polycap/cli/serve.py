@@ -35,7 +35,12 @@ def serve_cmd(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest request body, in MiB."),
     max_images: int = typer.Option(16, "--max-images", min=1, help="Images per request."),
     max_pixels: int = typer.Option(25_000_000, "--max-pixels", min=1, help="Largest image (width x height)."),
-    timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds a request may wait for captions."),
+    max_work: int = typer.Option(
+        50_000, "--max-work", min=1, help="Work budget per request: images x langs x beams x returns x tokens."
+    ),
+    timeout: float = typer.Option(
+        30.0, "--timeout", min=0.001, help="Seconds a request may take after its body is read (fetches, queue, model)."
+    ),
     allow_urls: bool = typer.Option(False, "--allow-urls", help="Let clients send image URLs (public hosts only)."),
     cors_origin: list[str] | None = typer.Option(
         None, "--cors-origin", help="Allow browser calls from this origin (repeatable). Default: no CORS."
@@ -63,6 +68,7 @@ def serve_cmd(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_images=max_images,
             max_pixels=max_pixels,
+            max_work=max_work,
             request_timeout_s=timeout,
             allow_urls=allow_urls,
             cors_origins=tuple(cors_origin or ()),

@@ -11,6 +11,10 @@ pile up in the queue and make up the next batch, so batches grow with load by th
 * Model calls run in one dedicated thread, off the event loop, one at a time: torch already uses
   every core for one call, and backends need not be thread-safe.
 * With batching off every job runs alone, in arrival order (the baseline the benchmark compares).
+* A job whose client has gone (504, disconnect) is cancelled: dropped from the queue if it is still
+  waiting, and skipped between model calls if it is running, so it never keeps the model busy for
+  the next request. Model calls are at most ``max_batch_size`` images in one language each, so the
+  work left after a cancellation is at most one such call.
 * ``close()`` stops accepting jobs, finishes everything already queued, then stops the worker.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,10 +69,21 @@ class Job:
     langs: tuple[str, ...]
     items: list[ImageItem]
     future: asyncio.Future[list[Caption]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    cancelled: threading.Event = field(default_factory=threading.Event)  # read by the inference thread
 
     @property
     def n_images(self) -> int:
         return len(self.items)
+
+    @property
+    def live(self) -> bool:
+        """Someone still waits for this job's captions."""
+        return not (self.future.done() or self.cancelled.is_set())
+
+    def cancel(self) -> None:
+        """The client has gone: drop the job if it waits, stop it between model calls if it runs."""
+        self.cancelled.set()
+        self.future.cancel()
 
     def group_key(self) -> tuple[int, tuple[tuple[str, Any], ...]]:
         """Jobs with the same model and options (the language aside) share model calls."""
@@ -82,7 +98,8 @@ class BatcherStats:
     jobs: int = 0
     images: int = 0
     largest_batch: int = 0  # images in the largest round
-    expired: int = 0  # jobs whose client gave up before their turn
+    expired: int = 0  # jobs whose client gave up before their turn (dropped unrun)
+    cancelled: int = 0  # jobs whose client gave up while they ran (stopped between model calls)
 
 
 class MicroBatcher:
@@ -142,11 +159,25 @@ class MicroBatcher:
         """Queue ``job`` and return the future of its captions; raises QueueFull or ShuttingDown at once."""
         if not self._accepting:
             raise ShuttingDown("the server is shutting down")
+        if self._queue.full():
+            self._drop_dead()
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFull(f"the request queue is full ({self._queue.maxsize} waiting)") from None
         return job.future
+
+    def _drop_dead(self) -> None:
+        """Take the jobs nobody waits for any more out of the queue, keeping the others in order."""
+        taken: list[Job] = []
+        while not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        live = [job for job in taken if job.live]
+        for job in live:
+            self._queue.put_nowait(job)
+        for _ in taken:  # after the re-puts, so the unfinished count never touches zero meanwhile
+            self._queue.task_done()
+        self.stats.expired += len(taken) - len(live)
 
     # ---- the worker ------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -168,8 +199,8 @@ class MicroBatcher:
                     self._queue.task_done()
 
     async def _collect(self) -> list[Job]:
-        """The next batch: one job, plus (batching on) whatever arrives within the window."""
-        batch = [await self._queue.get()]
+        """The next batch: one live job, plus (batching on) whatever arrives within the window."""
+        batch = [await self._next_live()]
         if not self.batching:
             return batch
         n = batch[0].n_images
@@ -191,18 +222,35 @@ class MicroBatcher:
                             taken.future.set_exception(ShuttingDown("the server stopped during this request"))
                         self._queue.task_done()
                     raise
+            if not job.live:  # its client gave up while it waited: it takes no room in the batch
+                self._expire(job)
+                continue
             batch.append(job)
             n += job.n_images
         return batch
 
+    async def _next_live(self) -> Job:
+        while True:
+            job = await self._queue.get()
+            if job.live:
+                return job
+            self._expire(job)
+
+    def _expire(self, job: Job) -> None:
+        self.stats.expired += 1
+        self._queue.task_done()
+
     async def _run(self, batch: list[Job]) -> None:
-        live = [job for job in batch if not job.future.done()]
+        live = [job for job in batch if job.live]
         self.stats.expired += len(batch) - len(live)
         groups: dict[Any, list[Job]] = {}
         for job in live:
             groups.setdefault(job.group_key(), []).append(job)
         loop = asyncio.get_running_loop()
         for jobs in groups.values():
+            jobs = [job for job in jobs if job.live]  # an earlier group may have taken long
+            if not jobs:
+                continue
             n = sum(j.n_images for j in jobs)
             self.stats.batches += 1
             self.stats.jobs += len(jobs)
@@ -216,7 +264,9 @@ class MicroBatcher:
             finally:
                 self.in_flight -= len(jobs)
             for job, caps in zip(jobs, results):
-                if not job.future.done():
+                if job.cancelled.is_set():
+                    self.stats.cancelled += 1
+                elif not job.future.done():
                     job.future.set_result(caps)
 
     def _fail_queued(self, error: Exception) -> None:
@@ -236,12 +286,14 @@ class MicroBatcher:
 def caption_group(jobs: Sequence[Job], max_pixels: int | None, batch_size: int) -> list[list[Caption]]:
     """Caption every job of one (model, options) group; runs in the inference thread.
 
-    Each image is decoded once, then captioned once per language with all the images (of every
-    job) that want that language in shared ``caption_many`` calls, which isolate per-item
-    failures. Returns, per job, its captions image-major: all languages of image 1, then image 2.
+    Each image is decoded once, then captioned once per language in model calls of at most
+    ``batch_size`` images, shared by every job that wants that language (``caption_many`` isolates
+    per-item failures). Before each call, jobs whose client has gone are left out, and a call with
+    no live job left is not made. Returns, per job, its captions image-major (all languages of
+    image 1, then image 2); a cancelled job's list is incomplete and nobody reads it.
     """
     captioner, base = jobs[0].captioner, jobs[0].options
-    decoded = [[_decode(item, max_pixels) for item in job.items] for job in jobs]
+    decoded = [[_decode(item, max_pixels) for item in job.items] if job.live else [] for job in jobs]
     table: dict[tuple[int, int, str], Caption] = {}
     for lang in dict.fromkeys(lang for job in jobs for lang in job.langs):
         wanted = [
@@ -251,16 +303,18 @@ def caption_group(jobs: Sequence[Job], max_pixels: int | None, batch_size: int) 
             for i, img in enumerate(decoded[j])
             if isinstance(img, Image.Image)
         ]
-        if not wanted:
-            continue
         opts = replace(base, lang=lang)
-        caps = captioner.caption_many([img for _, _, img in wanted], opts, batch_size=batch_size)
-        for (j, i, _), cap in zip(wanted, caps):
-            table[j, i, lang] = cap
+        for start in range(0, len(wanted), batch_size):
+            chunk = [(j, i, img) for j, i, img in wanted[start : start + batch_size] if jobs[j].live]
+            if not chunk:
+                continue
+            caps = captioner.caption_many([img for _, _, img in chunk], opts, batch_size=batch_size)
+            for (j, i, _), cap in zip(chunk, caps):
+                table[j, i, lang] = cap
     out: list[list[Caption]] = []
     for j, job in enumerate(jobs):
         caps = []
-        for i, item in enumerate(job.items):
+        for i, item in enumerate(job.items if job.live else ()):
             for lang in job.langs:
                 cap = table.get((j, i, lang))
                 if cap is None:  # the image never decoded: its error, once per language
@@ -275,8 +329,9 @@ def _decode(item: ImageItem, max_pixels: int | None) -> Image.Image | str:
     """The decoded image, or an error message that names the image by its client-given name."""
     if item.error is not None:
         return item.error
+    data, item.data = item.data or b"", None  # the encoded bytes are not needed once decoded
     try:
-        return load_image(item.data or b"", max_pixels=max_pixels)
+        return load_image(data, max_pixels=max_pixels)
     except ImageError as e:
         message = str(e)
         prefix = f"{e.source}: " if e.source else ""

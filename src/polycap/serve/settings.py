@@ -2,9 +2,10 @@
 
 Defaults are chosen for a service that is reachable by strangers: small limits, URLs off, CORS off,
 loopback only (the CLI's default host). Every limit exists to keep memory and CPU bounded whatever
-clients send: ``max_active_requests`` x ``max_upload_bytes`` bounds request bodies held at once,
-``max_queue`` bounds work waiting for the model, ``max_batch_size`` x ``max_pixels`` bounds pixels
-decoded at once.
+clients send: ``max_active_requests`` x ``max_upload_bytes`` bounds request bodies held at once
+(``max_large_bodies`` of them parsed at once), ``max_queue`` bounds work waiting for the model,
+``max_work`` the model time of one request, ``max_batch_size`` x ``max_pixels`` pixels decoded at
+once, ``max_fetches`` and ``fetch_timeout_s`` what slow image hosts can hold.
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ class ServeSettings:
     max_langs: int = 8
     max_beams: int = 8
     max_new_tokens: int = 100
-    request_timeout_s: float = 30.0  # waiting for the model (queue + inference); 504 beyond it
+    # The total decoding work of one request, in decoded tokens: images x languages x num_beams x
+    # num_return_sequences x max_new_tokens; 422 beyond it. 16 images x 2 languages x 3 beams x
+    # 1 x 100 tokens = 9,600 fits, the product of the maxima above (819,200) does not.
+    max_work: int = 50_000
+    max_large_bodies: int = 4  # bodies over 1 MiB read and parsed at once; the others wait in their sockets
+    request_timeout_s: float = 30.0  # URL fetches + queue + inference, after the body is read; 504 beyond it
     drain_timeout_s: float = 30.0  # at shutdown, how long queued work may still take
 
     # Image URLs (off by default: fetching on behalf of clients is a server-side request forgery risk).
     allow_urls: bool = False
-    fetch_timeout_s: float = 10.0
+    fetch_timeout_s: float = 10.0  # one deadline per URL: name lookup, connects, every read, every redirect
+    max_fetches: int = 8  # URL downloads in progress at once (whole server); more wait, within their deadline
     max_redirects: int = 3
 
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
@@ -63,8 +70,11 @@ class ServeSettings:
             "max_langs",
             "max_beams",
             "max_new_tokens",
+            "max_work",
+            "max_large_bodies",
             "request_timeout_s",
             "fetch_timeout_s",
+            "max_fetches",
         )
         for name in positive:
             value = getattr(self, name)
@@ -112,6 +122,7 @@ class ServeSettings:
             "max_langs": self.max_langs,
             "max_beams": self.max_beams,
             "max_new_tokens": self.max_new_tokens,
+            "max_work": self.max_work,
             "allow_urls": self.allow_urls,
             "auth": self.api_key is not None,
         }
