@@ -13,6 +13,34 @@ from polycap.cli.app import app, err, usage_error
 from polycap.cli.caption import beam_controls, load_model, split_langs
 from polycap.errors import OptionError, PolycapError
 
+# Shared by eval and score: object mentions (CHAIR, recall, largest named) and subject named.
+OBJECTS = typer.Option(
+    None, "--objects",
+    help="Score object mentions in English captions (CHAIRi/CHAIRs, recall, largest object named) against "
+    "COCO instance annotations (a COCO-format instances.json), or 'refs': the COCO objects the references name.",
+)
+REF_OBJECTS = typer.Option(
+    True, "--ref-objects/--no-ref-objects",
+    help="With --objects instances.json: also count the objects the English references name as present (CHAIR).",
+)
+LABELS = typer.Option(
+    None, "--labels",
+    help="The manifest's class_index labels are 'imagenet' (1k) classes: report the share of captions naming "
+    "the class's concept, per language; images need no references.",
+)
+
+
+def _default_langs(lang: str | None, items, supported, labelled: bool) -> list[str]:
+    """--lang, else the languages with references the model speaks (a labelled set: all it speaks)."""
+    from polycap.eval.evaluate import available_languages
+
+    langs = split_langs(lang) or [x for x in available_languages(items) if supported is None or x in supported]
+    if not langs and labelled:
+        langs = list(supported or ("en",))
+    if not langs:
+        raise OptionError("no language to evaluate: the manifest has no references the model can write; pass --lang")
+    return langs
+
 
 def _items(data: Path, split: str | None, limit: int | None):
     from polycap.data.manifest import read_manifest
@@ -53,7 +81,9 @@ def _refs_preds(items, preds, langs, refs):
 def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Caption manifest (JSON Lines)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name, scheme:ref or folder."),
-    split: str | None = typer.Option("val", "--split", help="Manifest split to evaluate ('' for all)."),
+    split: str | None = typer.Option(
+        None, "--split", help="Manifest split to evaluate ('' for all; default: val, or all with --labels)."
+    ),
     lang: str | None = typer.Option(None, "--lang", "-l", help="Languages, comma-separated (default: all shared)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N images of the split."),
     refs: int | None = typer.Option(None, "--refs", min=1, help="Use only the first N references per image."),
@@ -74,17 +104,22 @@ def eval_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Report JSON."),
     preds: Path | None = typer.Option(None, "--preds", help="Write predictions (JSON Lines) as they are made."),
     markdown: Path | None = typer.Option(None, "--markdown", help="Markdown report with worst and best captions."),
+    objects: str | None = OBJECTS,
+    ref_objects: bool = REF_OBJECTS,
+    labels: str | None = LABELS,
     device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Caption every image of a split once per language and score against its references."""
-    from polycap.eval.evaluate import available_languages, build_report, evaluate_model, references_for
+    from polycap.eval.evaluate import build_report, caption_targets, evaluate_model
+    from polycap.eval.objects import prepare_checks
 
+    split = ("val" if labels is None else "") if split is None else split
     try:
         items = _items(data, split or None, limit)
         captioner = load_model(model, device, quiet)
-        supported = captioner.capabilities.languages
-        langs = split_langs(lang) or [x for x in available_languages(items) if supported is None or x in supported]
+        langs = _default_langs(lang, items, captioner.capabilities.languages, labels is not None)
+        checks = prepare_checks(items, data, langs, objects, labels, ref_objects, refs)
         options = captioner.make_options(
             lang=langs[0], num_beams=beams, max_new_tokens=max_tokens, do_sample=sample,
             temperature=temperature, top_p=top_p, seed=seed,
@@ -92,14 +127,16 @@ def eval_cmd(
         )
         for x in langs:
             captioner.make_options(options, lang=x)
-        total = sum(len(references_for(items, x, refs)) for x in langs)
+        also = checks.also(langs)
+        total = sum(len(keys) for keys in caption_targets(items, langs, refs, also).values())
         with _progress(total, quiet) as advance, (preds.open("w", encoding="utf-8") if preds else nullcontext()) as pf:
             predictions, speed, errors = evaluate_model(
-                captioner, items, langs, options, refs, batch_size, pf, advance
+                captioner, items, langs, options, refs, batch_size, pf, advance, also
             )
         meta = {"model": captioner.name, "data": str(data), "split": split or "all",
                 "options": {**options.to_dict(), "max_refs": refs, "limit": limit}, "speed": speed}
         report = build_report(items, predictions, langs, refs, meta, errors)
+        checks.add_to(report, predictions, errors)
     except (OptionError, PolycapError) as e:
         raise usage_error(str(e)) from e
     _write_report(report, out, markdown, _refs_preds(items, predictions, langs, refs))
@@ -116,17 +153,23 @@ def score_cmd(
     refs: int | None = typer.Option(None, "--refs", min=1, help="Use only the first N references per image."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report JSON."),
     markdown: Path | None = typer.Option(None, "--markdown", help="Markdown report with worst and best captions."),
+    objects: str | None = OBJECTS,
+    ref_objects: bool = REF_OBJECTS,
+    labels: str | None = LABELS,
 ) -> None:
     """Score existing predictions from any system on the same footing as ``polycap eval``."""
     from polycap.eval.evaluate import build_report, read_predictions
+    from polycap.eval.objects import prepare_checks
 
     try:
         predictions = read_predictions(preds)
         items, split_name = _scored_items(data, split, predictions)
         langs = split_langs(lang) or list(predictions)
+        checks = prepare_checks(items, data, langs, objects, labels, ref_objects, refs)
         meta = {"model": str(preds), "data": str(data), "split": split_name,
                 "options": {"max_refs": refs}, "speed": None}
         report = build_report(items, predictions, langs, refs, meta)
+        checks.add_to(report, {x: predictions.get(x, {}) for x in langs})
     except (OptionError, PolycapError, OSError) as e:
         raise usage_error(str(e)) from e
     if not report["languages"]:

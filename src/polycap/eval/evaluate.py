@@ -3,14 +3,16 @@
 Both produce the same report (keys are read by later tools and benchmarks, keep them):
 ``{"model", "data", "split", "options", "languages": {lang: {"n_images", "n_refs_per_image",
 "metrics", "n_errors"}}, "speed": {"images_per_s", "ms_per_image", ...; "runtime" for polycap's own
-models}, "polycap_version"}``.
+models}, "polycap_version"}``. With ``--objects`` an English block also has ``"objects"`` (CHAIR,
+recall, largest object named), with ``--labels`` each block ``"subject_named"``; see
+:mod:`polycap.eval.objects`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +34,19 @@ def references_for(items: Iterable[ManifestItem], lang: str, max_refs: int | Non
     return refs
 
 
+def caption_targets(
+    items: Iterable[ManifestItem], langs: list[str], max_refs: int | None = None,
+    also: Mapping[str, Iterable[str]] | None = None,
+) -> dict[str, set[str]]:
+    """{lang: keys of the images to caption}: those with references in ``lang``, plus ``also[lang]``."""
+    items = list(items)
+    out = {lang: set(references_for(items, lang, max_refs)) for lang in langs}
+    for lang, keys in (also or {}).items():
+        if lang in out:
+            out[lang].update(keys)
+    return out
+
+
 def available_languages(items: Iterable[ManifestItem]) -> list[str]:
     seen: dict[str, None] = {}
     for it in items:
@@ -50,14 +65,17 @@ def evaluate_model(
     batch_size: int = 16,
     preds_out: IO[str] | None = None,
     progress: Progress | None = None,
+    also: Mapping[str, Iterable[str]] | None = None,
 ) -> tuple[dict[str, dict[str, str]], dict[str, Any], dict[str, int]]:
     """Caption every image that has references in each language; stream predictions.
 
-    Returns (predictions {lang: {key: caption}}, speed, errors per language). A failed item is
-    scored as an empty caption (it counts against the model) and counted in the errors.
+    ``also`` names more images to caption per language, references or not (labelled sets, images
+    with instance annotations). Returns (predictions {lang: {key: caption}}, speed, errors per
+    language). A failed item is scored as an empty caption (it counts against the model) and
+    counted in the errors.
     """
-    refs = {lang: references_for(items, lang, max_refs) for lang in langs}
-    wanted = [it for it in items if any(it.key in refs[lang] for lang in langs)]
+    targets = caption_targets(items, langs, max_refs, also)
+    wanted = [it for it in items if any(it.key in targets[lang] for lang in langs)]
     preds: dict[str, dict[str, str]] = {lang: {} for lang in langs}
     errors = dict.fromkeys(langs, 0)
     paths = [str(it.image) for it in wanted]
@@ -67,8 +85,8 @@ def evaluate_model(
     done = 0
     for n, cap in enumerate(stream):
         it = wanted[n // len(langs)]
-        if it.key not in refs[cap.lang]:
-            continue  # no reference in this language: not scored
+        if it.key not in targets[cap.lang]:
+            continue  # not wanted in this language (no reference): not scored
         preds[cap.lang][it.key] = cap.text if cap.ok else ""
         errors[cap.lang] += 0 if cap.ok else 1
         done += 1

@@ -82,7 +82,26 @@ def format_table(report: Mapping[str, Any]) -> str:
         for metric, note in (block.get("notes") or {}).items():
             if metric != "tokenizer" and not note.startswith("METEOR 1.5 official"):
                 lines.append(f"note [{lang}] {metric}: {note}")
+    lines += _check_lines(report)
     return "\n".join(lines)
+
+
+def _check_lines(report: Mapping[str, Any]) -> list[str]:
+    """One line per language for the object-mention and subject-named scores, where present."""
+    lines = []
+    for lang, block in _languages(report).items():
+        if obj := block.get("objects"):
+            scores = "  ".join(
+                f"{name} {_fmt(name, obj.get(key))}"
+                for name, key in (("CHAIRi", "CHAIRi"), ("CHAIRs", "CHAIRs"), ("recall", "recall"),
+                                  ("largest-named", "largest_named"))
+            )  # fmt: skip
+            lines.append(f"objects [{lang}] ({obj['n_images']} images, truth: {obj['ground_truth']}): {scores}")
+        if subj := block.get("subject_named"):
+            lines.append(
+                f"subject named [{lang}]: {_fmt('rate', subj['rate'])} ({subj['n_named']} of {subj['n_images']})"
+            )
+    return lines
 
 
 def _md_escape(text: str) -> str:
@@ -109,6 +128,8 @@ def markdown_report(
         if report.get(key) is not None:
             out.append(f"- **{key}**: {report[key]}")
     out += ["", *_md_table(*_rows(report)), ""]
+    if checks := _check_lines(report):
+        out += [*(f"- {_md_escape(line)}" for line in checks), ""]
     for lang in _languages(report):
         refs, preds = references.get(lang) or {}, predictions.get(lang) or {}
         keys = [k for k in preds if k in refs and refs[k]]
