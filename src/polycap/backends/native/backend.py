@@ -10,6 +10,15 @@ import torch
 
 from polycap.backends.base import Capabilities
 from polycap.backends.feature_captioner import FeatureCaptioner
+from polycap.backends.native.concepts import (
+    ConceptBias,
+    ConceptHead,
+    ConceptSettings,
+    Target,
+    concept_phrases,
+    confident,
+    inner_tokens,
+)
 from polycap.backends.native.config import NativeConfig
 from polycap.backends.native.model import CaptionModel, mean_token_logprob
 from polycap.backends.native.tokenizer import CaptionTokenizer
@@ -60,6 +69,43 @@ class NativeCaptioner(FeatureCaptioner):
         self.default_options()  # a bad ``generation`` entry fails at load, naming the option
         self.runtime = "torch"
         self._generator: torch.nn.Module | None = None  # the decoder generate() runs; None: self.model's
+        self._concept_head: ConceptHead | None = None
+        self._inner: torch.Tensor | None = None
+        self._phrases: dict[str, list] = {}  # lang -> per concept (steered, also named) phrases
+        self.set_concepts(cfg.concepts)
+
+    def set_concepts(self, settings: dict[str, Any] | str | None) -> NativeCaptioner:
+        """How the encoder's recognised concepts steer decoding: a ``ConceptSettings`` dict, or just
+        its mode (``"off"``, ``"bias"``). ``bias`` needs an encoder with an ImageNet classifier."""
+        if isinstance(settings, str):
+            settings = {**self.cfg.concepts, "mode": settings}
+        self.concepts = ConceptSettings.from_dict(settings)
+        if self.concepts.mode != "off" and self._concept_head is None and self.encoder is not None:
+            from polycap.data.concepts import load_concepts
+
+            table = load_concepts()
+            self._concept_table = table
+            self._concept_head = ConceptHead.from_encoder(
+                self.encoder, table.class_concept_indices(), len(table)
+            ).to(self.device)
+        return self
+
+    def _concept_processor(self, features: torch.Tensor, lang: str) -> tuple[ConceptBias | None, list[list]]:
+        """The bias for these images in ``lang`` and each image's (concept id, probability) pairs."""
+        if self.concepts.mode == "off" or self._concept_head is None:
+            return None, [[] for _ in range(features.shape[0])]
+        s = self.concepts
+        chosen = confident(self._concept_head(features), s.min_prob, s.max_concepts)
+        if lang not in self._phrases:
+            self._phrases[lang] = concept_phrases(self._concept_table, lang, self.tokenizer.tok)
+        phrases = self._phrases[lang]
+        targets = [[Target(phrases[i][0], s.bias * p, phrases[i][1]) for i, p in row if phrases[i][0]]
+                   for row in chosen]
+        ids = self._concept_table.ids
+        named = [[(ids[i], round(p, 4)) for i, p in row] for row in chosen]
+        if self._inner is None:
+            self._inner = inner_tokens(self.tokenizer.tok).to(self.device)
+        return ConceptBias(targets, s.continue_bias, self._inner), named
 
     def use_runtime(self, runtime: str | None = "auto") -> NativeCaptioner:
         """Run the encoder and the generation steps with ``torch`` or ``onnx`` (onnxruntime, CPU only);
@@ -169,6 +215,11 @@ class NativeCaptioner(FeatureCaptioner):
         kw = generate_kwargs(options)
         kw["max_new_tokens"] = min(kw["max_new_tokens"], self.cfg.max_length - 1)
         kw["min_new_tokens"] = min(kw["min_new_tokens"], kw["max_new_tokens"])
+        bias, named = self._concept_processor(features, options.lang)
+        if bias is not None:
+            from transformers import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList([bias])
         seed_everything(options.seed)
         if options.num_beams == 1:
             # Greedy and sampling: score from generate's own raw logits, no second decoder pass.
@@ -195,6 +246,7 @@ class NativeCaptioner(FeatureCaptioner):
                     model=self.name,
                     score=alts[0].score,
                     alternatives=alts if k > 1 else [],
+                    meta={"concepts": [{"concept": c, "p": p} for c, p in named[i]]} if named[i] else {},
                 )
             )
         return out
@@ -208,11 +260,13 @@ class NativeCaptioner(FeatureCaptioner):
 
 
 def load_native(
-    ref: str, *, device: str = "auto", name: str | None = None, runtime: str | None = "auto", **kwargs: Any
+    ref: str, *, device: str = "auto", name: str | None = None, runtime: str | None = "auto",
+    concepts: dict[str, Any] | str | None = None, **kwargs: Any,
 ) -> NativeCaptioner:
     """Registry loader: ``tiny-random`` builds the toy model; anything else is a model folder.
 
     ``runtime``: ``auto`` (onnxruntime on CPU when installed), ``torch`` or ``onnx``; see ``use_runtime``.
+    ``concepts``: override the model's concept settings (``"off"``, ``"bias"`` or a dict; see ``set_concepts``).
     """
     if kwargs:
         raise PolycapError(f"unexpected arguments for a native model: {', '.join(sorted(kwargs))}")
@@ -223,6 +277,8 @@ def load_native(
         cap = NativeCaptioner(cfg, model, encoder, tok, resolve_device(device)).use_runtime(runtime)
     else:
         cap = NativeCaptioner.from_folder(ref, device=device, runtime=runtime)
+    if concepts is not None:
+        cap.set_concepts(concepts)
     if name and not Path(name).is_dir():
         cap.name = name
     return cap

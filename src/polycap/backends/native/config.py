@@ -25,6 +25,7 @@ class NativeConfig(JsonConfig):
     max_length: int = 40  # tokens, including the language token and </s>
     vocab_size: int = 8000
     generation: dict[str, Any] = field(default_factory=dict)  # default GenerationOptions overrides
+    concepts: dict[str, Any] = field(default_factory=dict)  # ConceptSettings (concepts.py); {} = off
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NativeConfig:
