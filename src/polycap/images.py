@@ -98,8 +98,25 @@ def is_url(s: object) -> bool:
     return isinstance(s, str) and bool(_URL_RE.match(s.strip()))
 
 
+def redact_url(url: str) -> str:
+    """``url`` without ``user:password@``, fit to echo in records, errors and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return "<invalid URL>"
+    if "@" not in parts.netloc:
+        return url.strip()
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 def describe_source(x: object) -> str:
-    """A short name for an input, used in error messages and records; never raises."""
+    """A short name for an input, used in error messages and records; never raises.
+
+    URLs lose their credentials (``https://***@host/a.jpg``)."""
+    if isinstance(x, str) and _SCHEME_RE.match(x):
+        return redact_url(x)
     if isinstance(x, (str, os.PathLike)):
         try:
             return os.fsdecode(os.fspath(x))  # type: ignore[arg-type]
@@ -136,6 +153,7 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     allow_urls: bool = False,
+    min_side: int | None = None,
 ) -> Image.Image:
     """Return ``source`` as a fully decoded RGB image that shares nothing with the input.
 
@@ -144,6 +162,9 @@ def load_image(
     ``max_pixels`` (None: no limit) is checked against the header of encoded inputs before any
     pixel is decoded; in-memory arrays and already decoded PIL images are not limited.
     URLs are refused unless ``allow_urls`` is true. Raises ``ImageError`` for every bad input.
+    ``min_side`` lets a JPEG be decoded at 1/2, 1/4 or 1/8 size (Pillow's ``draft``, DCT scaling)
+    while both sides stay at least that long: a model with a 260-pixel input needs no 12-megapixel
+    decode. Other formats, and encoded inputs already small, decode at full size.
     """
     if max_pixels is not None and (isinstance(max_pixels, bool) or max_pixels < 1):
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
@@ -155,7 +176,7 @@ def load_image(
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageError("empty file (0 bytes)", name)
-        return _decode(io.BytesIO(source), name, max_pixels)
+        return _decode(io.BytesIO(source), name, max_pixels, min_side)
     if isinstance(source, str) and is_url(source):
         if not allow_urls:
             raise ImageError(
@@ -163,11 +184,11 @@ def load_image(
                 "or download the image and pass the file",
                 name,
             )
-        return _decode(io.BytesIO(_fetch_url(source)), name, max_pixels)
+        return _decode(io.BytesIO(_fetch_url(source)), name, max_pixels, min_side)
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(source, name, max_pixels)
+        return _load_path(source, name, max_pixels, min_side)
     if hasattr(source, "read"):
-        return _load_stream(source, name, max_pixels)
+        return _load_stream(source, name, max_pixels, min_side)
     raise ImageError(
         f"unsupported input type {type(source).__module__}.{type(source).__qualname__}; "
         "expected a path, URL, bytes, binary file object, PIL image or numpy array",
@@ -197,7 +218,7 @@ def _open_file(path: str | os.PathLike) -> BinaryIO:
     return open(path, "rb")  # noqa: SIM115 - closed by the caller's ``with``
 
 
-def _load_path(path: str | os.PathLike, name: str, max_pixels: int | None) -> Image.Image:
+def _load_path(path: str | os.PathLike, name: str, max_pixels: int | None, min_side: int | None = None) -> Image.Image:
     """Check the path is a readable, non-empty regular file, then decode it."""
     path = os.path.expanduser(os.fspath(path))
     try:
@@ -225,10 +246,10 @@ def _load_path(path: str | os.PathLike, name: str, max_pixels: int | None) -> Im
     except OSError as e:
         raise ImageError(f"cannot open the file: {e.strerror or e}", name) from e
     with fh:
-        return _decode(fh, name, max_pixels)
+        return _decode(fh, name, max_pixels, min_side)
 
 
-def _load_stream(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
+def _load_stream(fp: Any, name: str, max_pixels: int | None, min_side: int | None = None) -> Image.Image:
     """Decode a binary file object. Like PIL, the whole stream is read from its start."""
     if isinstance(fp, io.TextIOBase):
         raise ImageError("file object is open in text mode; open the file with 'rb'", name)
@@ -246,15 +267,17 @@ def _load_stream(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
         fp, size = io.BytesIO(data), len(data)
     if size == 0:
         raise ImageError("empty file (0 bytes)", name)
-    return _decode(fp, name, max_pixels)
+    return _decode(fp, name, max_pixels, min_side)
 
 
-def _decode(fp: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
+def _decode(fp: BinaryIO, name: str, max_pixels: int | None, min_side: int | None = None) -> Image.Image:
     """Identify, size-check, decode and normalise one encoded image read from ``fp``."""
     with _pil_guard(max_pixels):
         im = _open_pil(fp, name, max_pixels)
         with im:
-            _check_size(im.size, max_pixels, name)
+            _check_size(im.size, max_pixels, name)  # the declared size, before any reduction
+            if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
+                im.draft("RGB", (min_side, min_side))  # both sides stay >= min_side
             _load_pixels(im, name, max_pixels)
             return _to_rgb(im, name)
 
@@ -582,8 +605,8 @@ def _array_to_uint8(a: np.ndarray, name: str) -> np.ndarray:
 class FileScan(NamedTuple):
     """What ``scan_image_files`` found, and what it passed over so that callers can say so."""
 
-    paths: list[Path]
-    """Images to caption, in input order, no repeats."""
+    paths: list[Path | str]
+    """Images to caption, in input order, no repeats (URLs as given, as strings)."""
     skipped: list[Path]
     """Files in searched folders or glob matches that were not taken: hidden, or no image suffix."""
     unreadable: list[tuple[Path, str]]
@@ -621,6 +644,9 @@ def scan_image_files(inputs: list[str]) -> FileScan:
             scan.paths.append(p)
 
     for raw in inputs:
+        if isinstance(raw, str) and _SCHEME_RE.match(raw):
+            scan.paths.append(raw)  # a URL stays a string (a Path would fold its "//"); load_image decides
+            continue
         item = os.path.expanduser(os.fspath(raw))
         if os.path.isdir(item):
             for p in _walk_images(Path(item), scan):

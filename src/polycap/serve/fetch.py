@@ -31,9 +31,10 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 from polycap.errors import ImageError
+from polycap.images import redact_url  # noqa: F401 - re-exported: the server and tests import it from here
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -192,17 +193,6 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def redact_url(url: str) -> str:
-    """``url`` without ``user:password@``, fit to echo in records, errors and logs."""
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return "<invalid URL>"
-    if "@" not in parts.netloc:
-        return url.strip()
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 @functools.cache
