@@ -465,7 +465,7 @@ def test_cli_caption_with_a_remote_model(server, photo_dir, tmp_path, monkeypatc
     assert recs[0]["meta"]["provider"] == "openai-compatible" and recs[0]["meta"]["style"] == "social"
 
 
-_CLI_HAS_REMOTE_FLAGS = "--base-url" in (Path(__file__).parents[1] / "src/polycap/cli/caption.py").read_text()
+_CLI_HAS_REMOTE_FLAGS = "--base-url" in (Path(__file__).parents[1] / "src/polycap/cli/gen_flags.py").read_text()
 
 
 @pytest.mark.skipif(not _CLI_HAS_REMOTE_FLAGS, reason="caption.py does not have the remote flags yet")

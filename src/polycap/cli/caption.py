@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from polycap.cli import gen_flags as F
 from polycap.cli.app import EXIT_SOME_FAILED, app, err, usage_error
 from polycap.cli.output import FORMATS, RecordWriter, error_line, escape_text
-from polycap.cli.remote_opts import load_kwargs
 from polycap.errors import OptionError, PolycapError
 from polycap.types import Caption
 
@@ -55,44 +55,33 @@ def load_model(name: str | None, device: str, quiet: bool, **kwargs):
 @app.command("caption")
 def caption_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Model name, scheme:ref or folder."),
-    lang: str | None = typer.Option(None, "--lang", "-l", help="Language code(s), comma-separated: en,de."),
-    beams: int = typer.Option(1, "--beams", help="Beam width (1 = greedy)."),
-    max_tokens: int = typer.Option(30, "--max-tokens", help="Maximum new tokens per caption."),
-    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy/beam decoding."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
-    top_k: int | None = typer.Option(None, "--top-k", help="Top-k sampling."),
-    num_return: int = typer.Option(1, "--num-return", help="Captions returned per image (alternatives)."),
-    no_repeat: int | None = typer.Option(
-        None, "--no-repeat-ngram-size", min=0,
-        help="Never repeat an n-gram of this many tokens (0: off; default: the model's, else off).",
-    ),
-    length_penalty: float | None = typer.Option(
-        None, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter (default 1)."
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (sampling)."),
-    style: str | None = typer.Option(None, "--style", help="social, alt-text, detailed, hashtags or an instruction."),
-    rewriter: str | None = typer.Option(None, "--rewriter", help="Rewrite --model's description with this text model."),
-    prompt: str | None = typer.Option(
-        None, "--prompt", help="Prompt template (remote model, --rewriter), or caption prefix (hf: models)."
-    ),
-    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="Read the prompt template from a file."),
-    translator: str | None = typer.Option(
-        None, "--translator", help="Caption, then translate with this model (hf:<folder>, en-de, nllb, de=..,fr=..)."
-    ),
-    base_url: str | None = typer.Option(None, "--base-url", help="openai-compatible server URL (vLLM, Ollama, ...)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the remote response cache."),
-    max_side: int | None = typer.Option(None, "--max-side", min=32, help="Longest image side sent to remote APIs."),
-    dtype: str | None = typer.Option(None, "--dtype", help="hf: models: float32, bfloat16 or float16."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per model call."),
-    max_pixels: int | None = typer.Option(
-        None, "--max-pixels", min=1, help="Largest image (width x height) decoded (default 64,000,000)."
-    ),
+    model: str | None = F.MODEL,
+    lang: str | None = F.LANG,
+    beams: int = F.BEAMS,
+    max_tokens: int = F.MAX_TOKENS,
+    sample: bool = F.SAMPLE,
+    temperature: float = F.TEMPERATURE,
+    top_p: float = F.TOP_P,
+    top_k: int | None = F.TOP_K,
+    num_return: int = F.NUM_RETURN,
+    no_repeat: int | None = F.NO_REPEAT,
+    length_penalty: float | None = F.LENGTH_PENALTY,
+    seed: int | None = F.SEED,
+    style: str | None = F.STYLE,
+    rewriter: str | None = F.REWRITER,
+    prompt: str | None = F.PROMPT,
+    prompt_file: Path | None = F.PROMPT_FILE,
+    translator: str | None = F.TRANSLATOR,
+    base_url: str | None = F.BASE_URL,
+    no_cache: bool = F.NO_CACHE,
+    max_side: int | None = F.MAX_SIDE,
+    dtype: str | None = F.DTYPE,
+    batch_size: int = F.BATCH_SIZE,
+    max_pixels: int | None = F.MAX_PIXELS,
     fmt: str = typer.Option("text", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write records here instead of stdout."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --out file that is not empty."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    device: str = F.DEVICE,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
 ) -> None:
     """Caption images; one record per image per language. Exit 1 if any item failed."""
@@ -105,26 +94,19 @@ def caption_cmd(
         langs = split_langs(lang)
         scan = find_inputs(inputs, quiet)
         paths = scan.paths
-        model, extra = load_kwargs(
-            model, prompt=prompt, prompt_file=prompt_file, base_url=base_url, no_cache=no_cache, max_side=max_side,
-            rewriter=rewriter, translator=translator, langs=langs,
+        model, extra = F.model_load_kwargs(
+            model, langs, prompt=prompt, prompt_file=prompt_file, base_url=base_url, no_cache=no_cache,
+            max_side=max_side, rewriter=rewriter, translator=translator, dtype=dtype,
         )  # fmt: skip
-        if dtype:
-            extra["dtype"] = dtype
         captioner = load_model(model, device, quiet, **extra)
         options = captioner.make_options(
             lang=(langs or [captioner.default_lang])[0],
-            max_new_tokens=max_tokens,
-            num_beams=beams,
-            do_sample=sample,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            num_return_sequences=num_return,
-            **beam_controls(no_repeat, length_penalty),
-            seed=seed,
-            style=style,
-        )
+            **F.option_kwargs(
+                max_tokens=max_tokens, beams=beams, sample=sample, temperature=temperature, top_p=top_p,
+                top_k=top_k, num_return=num_return, no_repeat=no_repeat, length_penalty=length_penalty,
+                seed=seed, style=style,
+            ),
+        )  # fmt: skip
         results = captioner.iter_captions(
             [str(p) for p in paths], options, batch_size=batch_size, max_pixels=max_pixels, langs=langs
         )
@@ -170,7 +152,7 @@ def check_out_path(out: Path, overwrite: bool) -> None:
     if out.is_file() and out.stat().st_size > 0 and not overwrite:
         raise usage_error(
             f"--out {shown} already exists and is not empty ({out.stat().st_size:,} bytes); pass --overwrite "
-            "to replace it, or write to a new file (resumable batch jobs are planned: `polycap batch`)"
+            "to replace it, or write to a new file (`polycap batch` runs resumable jobs: run it again to continue)"
         )
     if not os.access(out if out.exists() else parent, os.W_OK):
         raise usage_error(f"--out {shown}: permission denied")

@@ -1,3 +1,3 @@
 """Import every command module so each attaches itself to the app."""
 
-from polycap.cli import caption, evaluate, finetune, models, serve, train  # noqa: F401
+from polycap.cli import batch, caption, evaluate, finetune, models, serve, train  # noqa: F401
