@@ -19,6 +19,7 @@ from polycap.batch import JobConfig, read_records, run_job  # noqa: E402
 from polycap.batch.ray_engine import caption_shard, plan_shards, read_ray_records, run_ray_job  # noqa: E402
 
 TINY = "polycap-tiny-random"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, at its import
 
 
 @pytest.fixture(scope="module", autouse=True)
