@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,26 @@ def percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return round(ordered[k], 1)
+
+
+@contextlib.contextmanager
+def serving(args: argparse.Namespace, batching: bool) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``start_server``, stopped on exit; if the body fails, the tail of the server's output goes to
+    stderr."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc, base = start_server(args, batching, log)
+        try:
+            yield proc, base
+        except Exception:
+            log.seek(0)
+            sys.stderr.write(log.read()[-4000:])
+            raise
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def start_server(args: argparse.Namespace, batching: bool, log: Any) -> tuple[subprocess.Popen, str]:
@@ -175,25 +196,13 @@ async def bench_mode(args: argparse.Namespace, batching: bool, image: bytes) -> 
     import httpx
 
     limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
-    with tempfile.TemporaryFile("w+") as log:
-        proc, base = start_server(args, batching, log)
-        try:
-            async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
-                await wait_ready(client, base, proc)
-                await run_clients(client, base, args, image, args.warmup)
-                result = await run_clients(client, base, args, image, args.duration)
-            result["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
-            return result
-        except Exception:
-            log.seek(0)
-            sys.stderr.write(log.read()[-4000:])
-            raise
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with serving(args, batching) as (proc, base):
+        async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
+            await wait_ready(client, base, proc)
+            await run_clients(client, base, args, image, args.warmup)
+            result = await run_clients(client, base, args, image, args.duration)
+        result["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
+        return result
 
 
 def large_body(megabytes: float) -> bytes:
@@ -253,58 +262,46 @@ async def bench_large_bodies(args: argparse.Namespace) -> dict:
     body = large_body(args.large_mb)
     n = args.large_clients
     limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
-    with tempfile.TemporaryFile("w+") as log:
-        proc, base = start_server(args, True, log)
-        try:
-            async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
-                await wait_ready(client, base, proc)
-                await client.post(f"{base}/v1/captions", content=body, headers={"content-type": "application/json"})
-                await asyncio.sleep(1.0)
-                before = rss_mb(proc.pid)
-                stop = asyncio.Event()
-                health = asyncio.ensure_future(probe_health(client, base, stop))
-                rss = asyncio.ensure_future(sample_rss(proc.pid, stop))
-                counts = {"ok": 0, "errors": 0, "rejected_503": 0}
-                latencies: list[float] = []
-                t0 = time.perf_counter()
-                stop_at = time.monotonic() + args.large_duration
-                await asyncio.gather(*(post_large(client, base, body, stop_at, counts, latencies) for _ in range(n)))
-                elapsed = time.perf_counter() - t0
-                stop.set()
-                health_ms, peak = await health, await rss
-                await asyncio.sleep(args.idle_s)
-                idle = rss_mb(proc.pid)
-                idle_health = await probe_health_once(client, base)
-            return {
-                "clients": n,
-                "body_mb": round(len(body) / 1e6, 2),
-                "seconds": round(elapsed, 2),
-                "requests": counts["ok"],
-                "requests_per_s": round(counts["ok"] / elapsed, 2),
-                "errors": counts["errors"],
-                "rejected_503": counts["rejected_503"],
-                "request_latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
-                "healthz_ms": {
-                    "probes": len(health_ms),
-                    "p50": percentile(health_ms, 50),
-                    "p95": percentile(health_ms, 95),
-                    "p99": percentile(health_ms, 99),
-                    "max": round(max(health_ms), 1) if health_ms else None,
-                    "idle_after": idle_health,
-                },
-                "server_rss_mb": {"before": before, "peak": peak, f"idle_{args.idle_s:g}s_after": idle},
-                "server_peak_rss_mb": peak_rss_mb(proc.pid),
-            }
-        except Exception:
-            log.seek(0)
-            sys.stderr.write(log.read()[-4000:])
-            raise
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with serving(args, True) as (proc, base):
+        async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
+            await wait_ready(client, base, proc)
+            await client.post(f"{base}/v1/captions", content=body, headers={"content-type": "application/json"})
+            await asyncio.sleep(1.0)
+            before = rss_mb(proc.pid)
+            stop = asyncio.Event()
+            health = asyncio.ensure_future(probe_health(client, base, stop))
+            rss = asyncio.ensure_future(sample_rss(proc.pid, stop))
+            counts = {"ok": 0, "errors": 0, "rejected_503": 0}
+            latencies: list[float] = []
+            t0 = time.perf_counter()
+            stop_at = time.monotonic() + args.large_duration
+            await asyncio.gather(*(post_large(client, base, body, stop_at, counts, latencies) for _ in range(n)))
+            elapsed = time.perf_counter() - t0
+            stop.set()
+            health_ms, peak = await health, await rss
+            await asyncio.sleep(args.idle_s)
+            idle = rss_mb(proc.pid)
+            idle_health = await probe_health_once(client, base)
+        return {
+            "clients": n,
+            "body_mb": round(len(body) / 1e6, 2),
+            "seconds": round(elapsed, 2),
+            "requests": counts["ok"],
+            "requests_per_s": round(counts["ok"] / elapsed, 2),
+            "errors": counts["errors"],
+            "rejected_503": counts["rejected_503"],
+            "request_latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
+            "healthz_ms": {
+                "probes": len(health_ms),
+                "p50": percentile(health_ms, 50),
+                "p95": percentile(health_ms, 95),
+                "p99": percentile(health_ms, 99),
+                "max": round(max(health_ms), 1) if health_ms else None,
+                "idle_after": idle_health,
+            },
+            "server_rss_mb": {"before": before, "peak": peak, f"idle_{args.idle_s:g}s_after": idle},
+            "server_peak_rss_mb": peak_rss_mb(proc.pid),
+        }
 
 
 async def probe_health_once(client: Any, base: str) -> float:
