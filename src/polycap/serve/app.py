@@ -33,8 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import polycap
 from polycap._version import __version__
 from polycap.backends.base import Captioner
-from polycap.cli.output import record
 from polycap.errors import ImageError, OptionError
+from polycap.records import record
 from polycap.serve.batching import ImageItem, Job, MicroBatcher, QueueFull, ShuttingDown
 from polycap.serve.middleware import ServeMiddleware
 from polycap.serve.models import ModelPool, ModelUnavailable, UnknownModel
