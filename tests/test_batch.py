@@ -211,6 +211,98 @@ def test_webdataset_shard(tmp_path, tiny):
     assert (tmp_path / "caps" / "shard-000.tar" / "0001.txt").read_text() == recs[1]["caption"]
 
 
+def _tar(path: Path, n: int) -> None:
+    with tarfile.open(path, "w") as tar:
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.new("RGB", (30, 20), (i * 60, 40, 0)).save(buf, "PNG")
+            info = tarfile.TarInfo(f"{i:04d}.png")
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+
+
+def test_a_quoted_glob_of_shards_or_manifests_stands_for_its_files(tmp_path, tiny, capsys):
+    (tmp_path / "shards").mkdir()
+    for n in range(2):
+        _tar(tmp_path / "shards" / f"part-{n}.tar", 2)
+    photos = make_photos(tmp_path / "m" / "imgs", 2)
+    for n, p in enumerate(photos):
+        (tmp_path / "m" / f"list-{n}.jsonl").write_text(json.dumps({"id": f"row{n}", "image": f"imgs/{p.name}"}) + "\n")
+    # as the shell passes a quoted glob: the pattern itself
+    out = tmp_path / "o.jsonl"
+    args = ["batch", str(tmp_path / "shards" / "*.tar"), str(tmp_path / "m" / "*.jsonl"), "-m", TINY, "--device", "cpu",
+            "-o", str(out), "-q"]  # fmt: skip
+    assert main(args) == 0
+    ids = [r["id"] for r in read_records(out)]
+    assert ids == ["part-0.tar/0000", "part-0.tar/0001", "part-1.tar/0000", "part-1.tar/0001", "row0", "row1"]
+    assert json.loads(capsys.readouterr().out)["captioned"] == 6
+    # a glob of images is still the folder walk's (a manifest among the images is not read as one)
+    (tmp_path / "m" / "imgs" / "notes.jsonl").write_text("{}\n")
+    s = run_job(job(tmp_path, [tmp_path / "m" / "imgs" / "*"], jsonl=tmp_path / "g.jsonl"), tiny)
+    assert (s.captioned, s.failed) == (2, 0)
+
+
+def test_temporary_files_a_kill_left_are_removed_on_the_next_run(tmp_path, tiny):
+    has_xmp = _has_pyexiv2()
+    make_photos(tmp_path / "p", 3)
+    state = tmp_path / "p" / ".polycap-batch"
+    cfg = job(tmp_path, [tmp_path / "p"], jsonl=tmp_path / "o.jsonl", coco=tmp_path / "c.json", sidecar=SidecarSpec(),
+              xmp="sidecar" if has_xmp else None)  # fmt: skip
+    run_job(cfg, tiny)
+    last = Path(json.loads((state / "sidecars.jsonl").read_text().splitlines()[-1])["file"])
+    last.unlink()  # as a kill between the journal line and the rename leaves it ...
+    pid = 4242  # ... the temporary files of the killed process
+    stale = [last.with_name(f".{last.name}.{pid}.polycap-tmp"), tmp_path / f".c.json.{pid}.polycap-tmp",
+             tmp_path / f".o.jsonl.{pid}.polycap-tmp", state / f".sidecars.jsonl.{pid}.polycap-tmp"]  # fmt: skip
+    if has_xmp:
+        stale.append(tmp_path / "p" / f".img002.xmp.{pid}.polycap-tmp")  # the last image's XMP write
+    others = [tmp_path / "p" / f".notes.txt.{pid}.polycap-tmp", tmp_path / "p" / "mine.polycap-tmp",
+              tmp_path / f".c.json.backup.{pid}.polycap-tmp"]  # fmt: skip
+    for f in stale + others:
+        f.write_bytes(b"half")
+    s = run_job(cfg, tiny)
+    assert s.captioned == 1 and last.read_text()
+    assert [f.name for f in stale if f.exists()] == []
+    assert all(f.read_bytes() == b"half" for f in others)  # not this job's: left alone
+
+
+def _has_pyexiv2() -> bool:
+    try:
+        import pyexiv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_polycap_score_reads_batch_records(tmp_path, tiny, monkeypatch):
+    pytest.importorskip("pyarrow")
+    from polycap.data.manifest import read_manifest
+    from polycap.eval.evaluate import load_predictions
+
+    monkeypatch.chdir(tmp_path)
+    photos = make_photos(tmp_path / "data" / "imgs", 4)
+    keys_ = [f"imgs/{p.name}" for p in photos] + ["imgs/gone.png"]  # gone.png: a failed record
+    refs = {"en": ["a red square", "a plain colour"], "de": ["ein rotes Quadrat"]}
+    manifest = tmp_path / "data" / "captions.jsonl"
+    manifest.write_text("".join(json.dumps({"image": k, "split": "val", "captions": refs}) + "\n" for k in keys_))
+    # over the manifest (ids are its image keys), and over the image folder, relative (ids are paths)
+    run_job(job(tmp_path, [manifest], langs=["en", "de"], jsonl=Path("m.jsonl"), parquet=Path("pq")), tiny)
+    run_job(job(tmp_path, ["data/imgs"], langs=["en", "de"], jsonl=Path("f.jsonl")), tiny)
+    recs = read_records(Path("m.jsonl"))
+    assert recs[-1]["error"] and {r["id"] for r in recs} == set(keys_)
+    plain = [{"image": r["id"], "lang": r["lang"], "caption": r["caption"]} for r in recs if not r["error"]]
+    Path("plain.jsonl").write_text("".join(json.dumps(x) + "\n" for x in plain))
+    items = read_manifest(manifest)
+    want, none_failed = load_predictions("plain.jsonl", items)
+    assert none_failed == {} and len(want["en"]) == len(want["de"]) == 4
+    assert load_predictions("m.jsonl", items) == load_predictions("pq", items) == (want, {"en": 1, "de": 1})
+    assert load_predictions("f.jsonl", items) == (want, {})  # named by path, found by the manifest's files
+    for name, errors in (("m.jsonl", 1), ("f.jsonl", 0)):  # one language: each METEOR run starts Java
+        assert main(["score", "--data", str(manifest), "--preds", name, "--lang", "en", "--out", "r.json"]) == 0
+        r = json.loads(Path("r.json").read_text())["languages"]["en"]
+        assert (r["n_images"], r["n_missing"], r["n_errors"]) == (4, 1, errors)
+
+
 # ---- sidecars --------------------------------------------------------------------------------
 
 

@@ -115,6 +115,7 @@ def test_sigkill_at_random_points_then_rerun_is_exact(tmp_path):
             assert not side.exists()
         else:
             assert side.read_text() == f"ohwx, {caption}"  # whole, and appended exactly once
+    assert sorted(tmp_path.rglob("*.polycap-tmp")) == []  # what a kill left mid-write, the next run removed
     if HAS_XMP:
         from polycap.batch.sidecars import read_alt_text
 

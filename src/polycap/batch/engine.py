@@ -89,6 +89,13 @@ class JobSummary:
     examples: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def add_failure(self, item_id: str, reason: str, error: str) -> None:
+        """Count one failed image: its reason (without the image's name) and, for the first 20, an example."""
+        self.failed += 1
+        self.reasons[reason] += 1
+        if len(self.examples) < 20:
+            self.examples.append((item_id, error))
+
     @property
     def images_per_s(self) -> float:
         return (self.captioned + self.failed) / self.seconds if self.seconds > 0 else 0.0
@@ -167,6 +174,17 @@ def make_record(item: Item, c: Caption, options: dict[str, Any]) -> dict[str, An
     return out
 
 
+def deliver(outputs: list[Output], item: Item, recs: list[dict[str, Any]]) -> list[str]:
+    """Hand each output the records of ``item`` it still lacks; the errors of the outputs that could
+    not take theirs (a sidecar in a read-only folder, a format that takes no XMP)."""
+    errors: list[str] = []
+    for out in outputs:
+        mine = [r for r in recs if out.status(item, r["lang"]) is None]
+        if mine:
+            errors += (out.write(item, mine) or {}).values()
+    return errors
+
+
 class Job:
     """One run of a batch job; :func:`run_job` is the way in."""
 
@@ -178,7 +196,7 @@ class Job:
         self.opts: dict[str, dict[str, Any]] = {}
         self.min_side: int | None = None
         if not self.langs and captioner is None:
-            self.langs = _registered_default_lang(cfg)
+            self.langs = registered_default_lang(cfg)
         if captioner is not None or not self.langs:  # the model's default language is needed now
             self._prepare()
         self.outputs = build_outputs(cfg, self.langs)
@@ -305,26 +323,18 @@ class Job:
         for k, (item, _, _) in enumerate(batch):
             recs = [make_record(item, c, self.opts[c.lang]) for c in results[k]]
             errors = [r["error"] for r in recs if r.get("error")]
-            for out in self.outputs:
-                mine = [r for r in recs if out.status(item, r["lang"]) is None]
-                if mine:
-                    errors += (out.write(item, mine) or {}).values()
-            self._count(item, errors, bar)
+            self._count(item, errors + deliver(self.outputs, item, recs), bar)
 
     def _count(self, item: Item, errors: list[str], bar: Progress) -> None:
         if not errors:
             self.summary.captioned += 1
             bar.update(done=1)
             return
-        self.summary.failed += 1
-        reason = _reason(item, errors[0])
-        self.summary.reasons[reason] += 1
-        if len(self.summary.examples) < 20:
-            self.summary.examples.append((item.id, errors[0]))
+        self.summary.add_failure(item.id, failure_reason(item, errors[0]), errors[0])
         bar.update(failed=1)
 
 
-def _registered_default_lang(cfg: JobConfig) -> list[str]:
+def registered_default_lang(cfg: JobConfig) -> list[str]:
     """The default language of a registered model from its registry entry, without loading it
     (as ``Captioner.default_lang`` picks it); [] when the registry does not say."""
     from polycap.registry import get_registry
@@ -344,7 +354,7 @@ def _result(entry: tuple[Item, list[str], Future]) -> tuple[Item, list[str], Any
         return item, need, e if isinstance(e, ImageError) else ImageError(f"{type(e).__name__}: {e}", item.id)
 
 
-def _reason(item: Item, error: str) -> str:
+def failure_reason(item: Item, error: str) -> str:
     """The error without the image's name, so that equal reasons count together."""
     for name in (item.path, item.id):
         if name and error.startswith(f"{name}: "):

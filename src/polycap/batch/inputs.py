@@ -12,11 +12,15 @@ it came from), read lazily so that memory stays bounded however large the datase
   else the path). polycap's caption manifest (``{"image": ..., "captions": ...}``) is one;
 * a WebDataset shard ``.tar``: files grouped by key (the name up to the first dot of its last
   component); the first member with an image suffix is captioned; the id is ``<shard>/<key>``.
+
+A glob of manifests or shards (``'shards/*.tar'``, quoted so that the shell left it alone) stands
+for the files it matches, each one input (:func:`expand_inputs`).
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import tarfile
@@ -32,6 +36,7 @@ from polycap.records import escape_text
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet")
 TAR_SUFFIXES = (".tar",)
 PATH_COLUMNS = ("image", "path", "file_name", "filename", "url", "image_url")
+GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass
@@ -66,9 +71,28 @@ def kind_of(name: str) -> str:
     return "files"
 
 
+def expand_inputs(names: list[str]) -> list[str]:
+    """The inputs with each glob of manifests or tar shards replaced by the files it matches (sorted).
+
+    A glob is expanded when its pattern ends with a manifest or shard suffix (``*.tar``,
+    ``**/*.parquet``) or when everything it matches is a manifest or a shard; any other glob (of
+    images, or of images and folders) stays one input for the folder walk, which takes images only.
+    """
+    out: list[str] = []
+    for name in names:
+        if os.path.exists(name) or not GLOB_CHARS & set(name) or is_url(name):
+            out.append(name)
+            continue
+        matches = sorted(glob.glob(os.path.expanduser(name), recursive=True))
+        data = [m for m in matches if kind_of(m) != "files"]
+        explicit = name.lower().endswith(MANIFEST_SUFFIXES + TAR_SUFFIXES)
+        out.extend(data if data and (explicit or len(data) == len(matches)) else [name])
+    return out
+
+
 def iter_items(spec: InputSpec) -> Iterator[Item]:
     """Every item of every input, in input order."""
-    for name in spec.inputs:
+    for name in expand_inputs(spec.inputs):
         kind = kind_of(name)
         if kind == "manifest":
             yield from _manifest_items(Path(name), spec)
@@ -81,7 +105,7 @@ def iter_items(spec: InputSpec) -> Iterator[Item]:
 def count_items(spec: InputSpec) -> int | None:
     """How many items the inputs hold, when that is cheap to know (None for tar shards)."""
     total = 0
-    for name in spec.inputs:
+    for name in expand_inputs(spec.inputs):
         kind = kind_of(name)
         if kind == "tar":
             return None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from polycap.batch.inputs import Item
-from polycap.batch.state import TMP_MARK, Journal, read_jsonl, write_atomic
+from polycap.batch.state import TMP_MARK, Journal, read_jsonl, remove_stale_temps, write_atomic
 
 Key = tuple[str, str]  # (image id, language)
 
@@ -210,6 +210,8 @@ class CocoOutput(Output):
         return self.path.with_name(f"{self.path.stem}.{lang}{self.path.suffix}")
 
     def start(self, retry_failed: bool) -> None:
+        for lang in self.langs:
+            remove_stale_temps(self.file_for(lang))  # a results file a killed close() did not finish
         self.entries = self.journal.entries()
         if retry_failed and any(e.get("error") for e in self.entries):
             self.entries = [e for e in self.entries if not e.get("error")]

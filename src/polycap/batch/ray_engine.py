@@ -6,61 +6,114 @@ are cut into runs of ``shard_size`` images, in the local engine's order). The pi
 num_gpus=...)``: each actor loads the model once in its constructor and captions whole shards
 with the local engine (decode threads, draft decoding, per-item errors), writing
 ``shard-NNNNN.jsonl`` and/or ``shard-NNNNN.parquet`` atomically and then ``shard-NNNNN.done``.
+Without ``--out``/``--parquet`` the shard records go to ``ray-records/`` in the state folder.
 
-Resume is img2dataset's: a rerun skips every shard with a ``.done`` marker, and a shard an
-interrupted run left half done continues from its own journal (``.shard-NNNNN.partial.jsonl``,
-the local engine's exact resume). Ray Data's ``write_parquet`` is not used for the records because
-its file names follow Ray's blocks, not our shards, and a killed write leaves files no marker
-vouches for; Ray Data offers no checkpointing of a ``map_batches`` pipeline in the versions we
-support. The records are the local engine's (:func:`polycap.batch.engine.make_record`), so a Ray
-run and a local run of the same job hold the same records, order aside.
+The outputs that live beside the images or in one file (sidecar text files, XMP metadata, COCO
+results) are written on the driver, by the local engine's own output classes, from the records of
+each finished shard as it arrives: one writer per file, with the local engine's journals, so they
+resume, retry and stay exact the same way, and actors on other machines need no access to the
+images' folders.
+
+Resume is img2dataset's: a rerun skips every shard with a ``.done`` marker (that names the same
+images), and a shard an interrupted run left half done continues from its own journal
+(``.shard-NNNNN.partial.jsonl``, the local engine's exact resume); the driver's outputs catch up
+from the finished shards' records. ``--retry-failed`` turns a finished shard with failed records
+back into a journal and drops its marker, so the actors caption exactly those items again. Ray
+Data's ``write_parquet`` is not used for the records because its file names follow Ray's blocks,
+not our shards, and a killed write leaves files no marker vouches for; Ray Data's own (beta, recent
+versions only) checkpointing covers pipelines that end in a Ray write, not the driver's outputs;
+docs/batch.md has the details. The records are the local engine's
+(:func:`polycap.batch.engine.make_record`), so a Ray run and a local run of the same job hold the
+same records, order aside.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from polycap.batch.engine import Job, JobConfig, JobSummary
-from polycap.batch.inputs import kind_of
-from polycap.batch.outputs import ParquetOutput, read_records
-from polycap.batch.state import read_jsonl, write_atomic
+from polycap.batch.engine import (
+    Job,
+    JobConfig,
+    JobSummary,
+    build_outputs,
+    default_state_dir,
+    deliver,
+    failure_reason,
+    registered_default_lang,
+)
+from polycap.batch.inputs import Item, expand_inputs, kind_of
+from polycap.batch.outputs import Output, ParquetOutput, parquet_row, read_records
+from polycap.batch.state import TMP_MARK, read_jsonl, write_atomic
 from polycap.errors import OptionError
 
 
 def plan_shards(cfg: JobConfig, shard_size: int = 1000) -> list[dict[str, Any]]:
-    """The job's shards, numbered in input order: {"name", "inputs", "count"}."""
+    """The job's shards, numbered in input order: {"name", "kind", "inputs", "count"}."""
     from polycap.images import scan_image_files
 
     shards: list[dict[str, Any]] = []
 
-    def add(inputs: list[str], count: int | None) -> None:
-        shards.append({"name": f"shard-{len(shards):05d}", "inputs": inputs, "count": count})
+    def add(kind: str, inputs: list[str], count: int | None) -> None:
+        shards.append({"name": f"shard-{len(shards):05d}", "kind": kind, "inputs": inputs, "count": count})
 
-    for name in cfg.inputs:
-        if kind_of(name) != "files":
-            add([name], None)
+    for name in expand_inputs(cfg.inputs):
+        kind = kind_of(name)
+        if kind != "files":
+            add(kind, [name], None)
             continue
         paths = [os.fspath(p) for p in scan_image_files([name]).paths]
         for i in range(0, len(paths), shard_size):
-            add(paths[i : i + shard_size], len(paths[i : i + shard_size]))
+            add(kind, paths[i : i + shard_size], len(paths[i : i + shard_size]))
     return shards
 
 
+def records_config(cfg: JobConfig, langs: list[str]) -> JobConfig:
+    """What the actors run: the shard records only (``--out``/``--parquet`` folders, else
+    ``ray-records/`` in the state folder), in the job's languages; the rest is the driver's."""
+    jsonl = cfg.jsonl
+    if jsonl is None and cfg.parquet is None:
+        jsonl = (cfg.state_dir or default_state_dir(cfg)) / "ray-records"
+    return replace(cfg, jsonl=jsonl, coco=None, sidecar=None, xmp=None, langs=langs or cfg.langs)
+
+
 def _out_dirs(cfg: JobConfig) -> list[Path]:
-    if cfg.sidecar or cfg.xmp or cfg.coco:
-        raise OptionError("--engine ray writes --out and --parquet records; run sidecars, --xmp and --coco locally")
     dirs = [d for d in (cfg.jsonl, cfg.parquet) if d is not None]
     if not dirs:
-        raise OptionError("--engine ray needs --out DIR (JSON Lines shards) and/or --parquet DIR")
+        raise OptionError("--engine ray needs an output: --out DIR, --parquet DIR, --coco, --sidecar or --xmp")
     return dirs
 
 
 def _marker(folder: Path, shard: str) -> Path:
     return folder / f"{shard}.done"
+
+
+def _journal(dirs: list[Path], shard: str) -> Path:
+    return dirs[0] / f".{shard}.partial.jsonl"
+
+
+def _inputs_sha(inputs: list[str]) -> str:
+    """Names the images of a shard, so that a marker of a folder that changed since is not trusted."""
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+
+
+def _finished(dirs: list[Path], shard: dict[str, Any]) -> dict[str, Any] | None:
+    """The marker of a shard every records folder has finished for these images, else None."""
+    marker = None
+    for d in dirs:
+        try:
+            marker = json.loads(_marker(d, shard["name"]).read_text())
+        except (OSError, ValueError):
+            return None
+        if marker.get("inputs_sha", _inputs_sha(shard["inputs"])) != _inputs_sha(shard["inputs"]):
+            return None
+    return marker
 
 
 class ShardWorker:
@@ -84,18 +137,20 @@ class ShardWorker:
 def caption_shard(cfg: JobConfig, name: str, inputs: list[str], captioner: Any) -> dict[str, Any]:
     """Caption one shard exactly (resuming its journal), publish its files, then its marker."""
     dirs = _out_dirs(cfg)
-    journal = dirs[0] / f".{name}.partial.jsonl"
-    shard_cfg = replace(cfg, inputs=inputs, jsonl=journal, parquet=None, progress="off")
+    journal = _journal(dirs, name)
+    shard_cfg = replace(cfg, inputs=inputs, jsonl=journal, parquet=None, coco=None, sidecar=None, xmp=None,
+                        progress="off")  # fmt: skip
     summary = Job(shard_cfg, captioner).run()
     recs = list(read_jsonl(journal, repair=False))
     if cfg.jsonl:
         text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in recs)
         write_atomic(cfg.jsonl / f"{name}.jsonl", text.encode("utf-8", "backslashreplace"))
     if cfg.parquet:
-        from polycap.batch.outputs import parquet_row
-
         ParquetOutput._write_table(cfg.parquet / f"{name}.parquet", [parquet_row(r) for r in recs])
-    result = {"records": len(recs), "failed": sum(1 for r in recs if r.get("error")), **_counts(summary)}
+    ids = {r["id"] for r in recs}
+    failed_ids = {r["id"] for r in recs if r.get("error")}
+    result = {"records": len(recs), "failed": sum(1 for r in recs if r.get("error")), "items": len(ids),
+              "failed_items": len(failed_ids), "inputs_sha": _inputs_sha(inputs), **_counts(summary)}  # fmt: skip
     for folder in dirs:
         write_atomic(_marker(folder, name), (json.dumps(result) + "\n").encode())
     journal.unlink()
@@ -104,12 +159,101 @@ def caption_shard(cfg: JobConfig, name: str, inputs: list[str], captioner: Any) 
 
 def _counts(s: JobSummary) -> dict[str, Any]:
     return {"captioned": s.captioned, "failed_now": s.failed, "already_done": s.already_done,
-            "seconds": s.seconds, "reasons": dict(s.reasons)}  # fmt: skip
+            "failed_before": s.failed_before, "seconds": s.seconds, "reasons": dict(s.reasons),
+            "examples": s.examples}  # fmt: skip
 
 
 def _config(d: dict[str, Any]) -> JobConfig:
     paths = ("jsonl", "parquet", "coco", "state_dir")
     return JobConfig(**{k: (Path(v) if k in paths and v is not None else v) for k, v in d.items()})
+
+
+def _plain(cfg: JobConfig) -> dict[str, Any]:
+    d = asdict(replace(cfg, coco=None, sidecar=None, xmp=None))
+    return {k: (os.fspath(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def _prepare_dirs(dirs: list[Path]) -> None:
+    for d in dirs:
+        if d.exists() and not d.is_dir():
+            raise OptionError(f"--engine ray writes shard files into a folder; {d} is a file")
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in d.glob(f".shard-*{TMP_MARK}"):  # a shard file a killed actor did not finish
+            stale.unlink(missing_ok=True)
+
+
+def _reopen_failed(dirs: list[Path], shard: dict[str, Any]) -> bool:
+    """``--retry-failed`` on a finished shard with failed records: its records become its journal
+    again and its markers go, so the actors (retrying) caption exactly the failed items. True if so."""
+    recs = read_records(_shard_file(dirs[0], shard["name"]))
+    if not any(r.get("error") for r in recs):
+        return False
+    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in recs)
+    write_atomic(_journal(dirs, shard["name"]), text.encode("utf-8", "backslashreplace"))
+    for d in dirs:
+        _marker(d, shard["name"]).unlink(missing_ok=True)
+    return True
+
+
+def _shard_file(folder: Path, shard: str) -> Path:
+    jsonl = folder / f"{shard}.jsonl"
+    return jsonl if jsonl.exists() else folder / f"{shard}.parquet"
+
+
+def record_item(kind: str, rec: dict[str, Any]) -> Item:
+    """The item a record was made from, as far as the outputs need it: its id and where its file is
+    (a tar member or a manifest row without a path has none), as the local engine's inputs make it."""
+    path = str(rec.get("path") or "")
+    if rec.get("image_bytes"):  # a name that is not UTF-8: the record's path is escaped, these are its bytes
+        path = os.fsdecode(base64.b64decode(rec["image_bytes"]))
+    source = path if path and kind != "tar" else None
+    return Item(id=str(rec["id"]), path=path, source=source)
+
+
+def _replay(outputs: list[Output], dirs: list[Path], shard: dict[str, Any], summary: JobSummary, now: bool) -> None:
+    """Write a finished shard's records to the driver's outputs (each takes only what it lacks).
+
+    An item an output fails now counts as failed instead of captioned (this run's shards) or done
+    before (earlier shards); an item an output failed in an earlier run counts as failed before.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in read_records(_shard_file(dirs[0], shard["name"])):
+        groups.setdefault(str(rec["id"]), []).append(rec)
+    for recs in groups.values():
+        item = record_item(shard["kind"], recs[0])
+        before = [o.status(item, r["lang"]) for o in outputs for r in recs]
+        errors = deliver(outputs, item, recs)
+        moved = bool(errors) or (not now and "failed" in before and not any(r.get("error") for r in recs))
+        if moved and now and summary.captioned > 0:
+            summary.captioned -= 1
+        elif moved and not now:
+            summary.already_done -= 1
+        if errors:
+            summary.add_failure(item.id, failure_reason(item, errors[0]), errors[0])
+        elif moved:
+            summary.failed_before += 1
+
+
+def _finished_shards(dirs: list[Path], shards: list[dict[str, Any]], retry_failed: bool) -> dict[str, dict[str, Any]]:
+    """{name: marker} of the shards a rerun skips; with ``retry_failed``, not those with failures."""
+    finished = {s["name"]: m for s in shards if (m := _finished(dirs, s)) is not None}
+    if retry_failed:
+        for s in shards:
+            if s["name"] in finished and finished[s["name"]].get("failed", 1) and _reopen_failed(dirs, s):
+                del finished[s["name"]]
+    for name in finished:
+        _journal(dirs, name).unlink(missing_ok=True)  # left by a --retry-failed a kill cut short
+    return finished
+
+
+def _add_shard(summary: JobSummary, result: dict[str, Any]) -> None:
+    summary.captioned += result["captioned"]
+    summary.failed += result["failed_now"]
+    summary.already_done += result["already_done"]
+    summary.failed_before += result.get("failed_before", 0)
+    summary.reasons.update(result["reasons"])
+    room = 20 - len(summary.examples)
+    summary.examples += [tuple(x) for x in result.get("examples", [])[: max(0, room)]]
 
 
 def run_ray_job(
@@ -121,53 +265,61 @@ def run_ray_job(
     shard_size: int = 1000,
 ) -> JobSummary:
     """Run (or continue) the job on Ray; returns the summary over all shards."""
-    import time
-
     try:
         import ray
+        import ray.data  # noqa: F401
     except ImportError as e:
         raise OptionError("--engine ray needs Ray Data: pip install 'polycap[ray]'") from e
-    if cfg.retry_failed:
-        raise OptionError("--retry-failed is not supported with --engine ray yet; rerun those images locally")
     start = time.monotonic()
-    dirs = _out_dirs(cfg)
-    for d in dirs:
-        if d.exists() and not d.is_dir():
-            raise OptionError(f"--engine ray writes shard files into a folder; {d} is a file")
-        d.mkdir(parents=True, exist_ok=True)
+    langs = list(dict.fromkeys(cfg.langs or [])) or registered_default_lang(cfg)
+    local_wanted = bool(cfg.coco or cfg.sidecar or cfg.xmp)
+    if local_wanted and not langs:
+        raise OptionError("--engine ray with --sidecar, --xmp or --coco needs --lang: this model's default "
+                          "language is not in the registry")  # fmt: skip
+    rcfg = records_config(cfg, langs)
+    dirs = _out_dirs(rcfg)
+    local = build_outputs(replace(cfg, jsonl=None, parquet=None), langs) if local_wanted else []
+    _prepare_dirs(dirs)
     shards = plan_shards(cfg, shard_size)
-    todo = [s for s in shards if not all(_marker(d, s["name"]).exists() for d in dirs)]
+    by_name = {s["name"]: s for s in shards}
+    finished = _finished_shards(dirs, shards, cfg.retry_failed)
     summary = JobSummary()
-    for s in shards:
-        if s not in todo:
-            done = json.loads(_marker(dirs[0], s["name"]).read_text())
-            summary.already_done += done["records"] // max(1, len(cfg.langs or [None]))
-    if todo:
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        rows = [{"name": s["name"], "inputs": json.dumps(s["inputs"])} for s in todo]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            ShardWorker, fn_constructor_args=(_plain(cfg),), batch_size=1, concurrency=actors,
-            num_cpus=num_cpus, num_gpus=num_gpus or None,
-        )  # fmt: skip
-        for row in ds.take_all():
-            done = json.loads(row["summary"])
-            summary.captioned += done["captioned"]
-            summary.failed += done["failed_now"]
-            summary.already_done += done["already_done"]
-            summary.reasons.update(done["reasons"])
-    summary.total = summary.captioned + summary.failed + summary.already_done
+    for o in local:
+        o.start(cfg.retry_failed)
+    try:
+        for s in shards:
+            if (m := finished.get(s["name"])) is not None:
+                failed = m.get("failed_items", 0)
+                summary.already_done += m.get("items", m["records"] // max(1, len(langs))) - failed
+                summary.failed_before += failed
+                if local:
+                    _replay(local, dirs, s, summary, now=False)
+        todo = [s for s in shards if s["name"] not in finished]
+        if todo:
+            if not ray.is_initialized():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            rows = [{"name": s["name"], "inputs": json.dumps(s["inputs"])} for s in todo]
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                ShardWorker, fn_constructor_args=(_plain(rcfg),), batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=num_cpus, num_gpus=num_gpus or None,
+            )  # fmt: skip
+            for row in ds.iter_rows():  # shards as they finish: the driver's outputs follow along
+                _add_shard(summary, json.loads(row["summary"]))
+                if local:
+                    _replay(local, dirs, by_name[str(row["name"])], summary, now=True)
+    finally:
+        for o in local:
+            o.close()
+    summary.total = summary.captioned + summary.failed + summary.already_done + summary.failed_before
     summary.seconds = time.monotonic() - start
     return summary
 
 
-def _plain(cfg: JobConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    return {k: (os.fspath(v) if isinstance(v, Path) else v) for k, v in d.items()}
-
-
 def read_ray_records(folder: Path) -> list[dict[str, Any]]:
-    """Every record of a Ray job's output folder (finished shards only)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".jsonl", ".parquet") and not p.name.startswith("."))
+    """Every record of a Ray job's output folder (finished shards only: those with their marker)."""
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix in (".jsonl", ".parquet") and not p.name.startswith(".") and _marker(folder, p.stem).exists()
+    )
     return [r for f in files for r in read_records(f)]
-

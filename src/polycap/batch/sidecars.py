@@ -16,7 +16,8 @@ caption twice, and ``skip`` tells the user's own captions (skipped) from this jo
 (Accessibility)" (``Xmp.iptc.AltTextAccessibility``) and ``Xmp.dc.description``, language
 alternatives with one value per language (``x-default`` = the first language), written into a
 copy of the image that then replaces it, or into a ``photo.xmp`` sidecar. Writing the same
-values twice gives the same file, so its journal entry comes after the write.
+values twice gives the same file, so its journal entry comes after the write; a ``pending`` entry
+before the write names the file whose temporary copy a kill may leave, removed on the next start.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from polycap.batch.inputs import Item
 from polycap.batch.outputs import Output
-from polycap.batch.state import Journal, sha256_bytes, sha256_file, temp_path, write_atomic
+from polycap.batch.state import Journal, remove_stale_temps, sha256_bytes, sha256_file, temp_path, write_atomic
 from polycap.errors import OptionError
 from polycap.images import is_url
 
@@ -93,6 +94,8 @@ class SidecarOutput(Output):
     def start(self, retry_failed: bool) -> None:
         entries = self.journal.entries()
         last = entries[-1] if entries else None
+        if last:  # files are written one at a time, after their entry: only the last can have left a temp
+            remove_stale_temps(Path(last["file"]))
         if last and not last.get("error") and sha256_file(Path(last["file"])) != last.get("sha256"):
             self.journal.drop_last()  # killed between journal and rename: that file never arrived
             entries.pop()
@@ -233,6 +236,9 @@ class XmpOutput(Output):
 
     def start(self, retry_failed: bool) -> None:
         entries = self.journal.entries()
+        pending = [e for e in entries if e.get("pending")]
+        if pending:  # the file of the last write begun: a kill may have left its temporary copy
+            remove_stale_temps(Path(pending[-1]["file"]))
         if retry_failed and any(e.get("error") for e in entries):
             entries = [e for e in entries if not e.get("error")]
             self.journal.rewrite(entries)
@@ -249,6 +255,7 @@ class XmpOutput(Output):
         errors = {r["lang"]: r["error"] for r in recs if r.get("error")}
         own: dict[str, str] = {}
         if good:
+            self.journal.append({"file": os.fspath(target), "pending": True})  # no id/lang: not a state entry
             try:
                 write_alt_text(target, good, self.langs[0], sidecar=self.mode == "sidecar")
             except Exception as e:  # noqa: BLE001 - one file that takes no XMP must not end the job

@@ -9,11 +9,16 @@ rules give that:
 * every other file (a sidecar caption, an image with new metadata, a Parquet part, a COCO results
   file) is written to a temporary file in the same folder and moved over the target with
   ``os.replace``, which is atomic on POSIX: readers see the old file or the new one, never a mix.
+
+A kill between creating such a temporary file and the rename leaves it behind (``.<name>.<pid>
+.polycap-tmp`` beside the target); each output removes the ones of its own targets on the next
+start (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -57,7 +62,9 @@ class Journal:
         self._fd: int | None = None
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every whole entry (the torn tail of a killed run is truncated away first)."""
+        """Every whole entry (the torn tail of a killed run, and the temporary file of a killed
+        :meth:`rewrite`, are removed first)."""
+        remove_stale_temps(self.path)
         return list(read_jsonl(self.path))
 
     def append(self, entry: dict[str, Any]) -> None:
@@ -93,6 +100,28 @@ class Journal:
 def temp_path(target: Path) -> Path:
     """A temporary name beside ``target`` (same folder, so ``os.replace`` is a rename)."""
     return target.with_name(f".{target.name}.{os.getpid()}{TMP_MARK}")
+
+
+def remove_stale_temps(target: Path) -> int:
+    """Remove what killed runs left of :func:`write_atomic` for ``target``: the files
+    ``.<target name>.<pid>.polycap-tmp`` beside it, of any process but this one; how many.
+
+    Only names made by :func:`temp_path` for this very target are touched, so files of other
+    targets (and the user's own files) in the same folder stay.
+    """
+    prefix = f".{target.name}."
+    removed = 0
+    try:
+        candidates = list(target.parent.glob(glob.escape(prefix) + "*" + TMP_MARK))
+    except OSError:
+        return 0
+    for tmp in candidates:
+        pid = tmp.name[len(prefix) : -len(TMP_MARK)]
+        if pid.isdigit() and int(pid) != os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def write_atomic(target: Path, data: bytes) -> None:

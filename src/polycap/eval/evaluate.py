@@ -109,19 +109,78 @@ def evaluate_model(
     return preds, speed, errors
 
 
-def read_predictions(path: str | Path) -> dict[str, dict[str, str]]:
-    """Read ``{"image", "lang", "caption"}`` JSON Lines into {lang: {image: caption}}."""
-    out: dict[str, dict[str, str]] = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+def read_predictions(path: str | Path, items: Iterable[ManifestItem] | None = None) -> dict[str, dict[str, str]]:
+    """Predictions as {lang: {image key: caption}}; see :func:`load_predictions`."""
+    return load_predictions(path, items)[0]
+
+
+def load_predictions(
+    path: str | Path, items: Iterable[ManifestItem] | None = None
+) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    """Predictions {lang: {image key: caption}} and failures {lang: count} of one system's output.
+
+    Read: JSON Lines of ``polycap caption``/``polycap eval`` (``{"image", "lang", "caption"}``) or
+    of ``polycap batch`` (``{"id", "path", "lang", "caption", "error"}``: the image is its ``id``),
+    a ``polycap batch --parquet`` file or folder, or a folder of JSON Lines (``--engine ray``
+    shards). A record with an ``error`` is a failure, not an empty caption. With the manifest's
+    ``items``, a record whose name is no manifest key but whose ``path`` (else its name) is one of
+    the manifest's image files, relative to the current folder, counts for that image: records of
+    a batch over the image folder, or of ``polycap caption`` on it, score too.
+    """
+    items = list(items or [])
+    keys = {it.key for it in items}
+    by_file = {str(it.image): it.key for it in items}
+    preds: dict[str, dict[str, str]] = {}
+    failed: dict[str, int] = {}
+    for where, rec in _prediction_rows(Path(path)):
+        try:
+            lang, name = rec["lang"], rec["image"] if "image" in rec else rec["id"]
+            if not isinstance(lang, str) or not isinstance(name, str):
+                raise TypeError("image (or id) and lang must be strings")
+        except (KeyError, TypeError) as e:
+            raise PolycapError(f"{where}: bad prediction line ({e}); need image (or id), lang, caption") from e
+        if name not in keys and by_file:
+            name = by_file.get(_resolved(rec.get("path") or name), name)
+        if rec.get("error"):
+            failed[lang] = failed.get(lang, 0) + 1
+        else:
+            preds.setdefault(lang, {})[name] = rec.get("caption") or ""
+    return preds, failed
+
+
+def _resolved(name: str) -> str:
+    try:
+        return str(Path(name).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return name
+
+
+def _prediction_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    """(where, record) for every record of a JSON Lines or Parquet file, or of a folder of them."""
+    files = [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet") and not p.name.startswith("."))
+        if not files:
+            raise PolycapError(f"{path}: no .jsonl or .parquet predictions in the folder")
+    for f in files:
+        if f.suffix == ".parquet":
             try:
-                rec = json.loads(line)
-                out.setdefault(rec["lang"], {})[rec["image"]] = rec.get("caption") or ""
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise PolycapError(f"{path}:{lineno}: bad prediction line ({e}); need image, lang, caption") from e
-    return out
+                import pyarrow.parquet as pq
+            except ImportError as e:
+                raise PolycapError("reading Parquet predictions needs pyarrow: pip install 'polycap[batch]'") from e
+            names = pq.read_schema(f).names
+            table = pq.read_table(f, columns=[c for c in ("id", "path", "lang", "caption", "error") if c in names])
+            for n, row in enumerate(table.to_pylist(), 1):
+                yield f"{f} row {n}", row
+            continue
+        with f.open(encoding="utf-8") as lines:
+            for lineno, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{f}:{lineno}", json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PolycapError(f"{f}:{lineno}: bad prediction line ({e}); need image, lang, caption") from e
 
 
 def build_report(
