@@ -32,14 +32,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from polycap.backends.native.encoder import EfficientNetLite2Encoder
+    from polycap.backends.encoders.efficientnet import EfficientNetLite2Encoder
     from polycap.data.features import FeatureCache
     from polycap.data.manifest import read_manifest
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     paths = [item.image for item in read_manifest(args.manifest, split=args.split)]
-    from polycap.export.onnx import OnnxEncoder, fast_encoder
+    from polycap.runtime.onnx import OnnxEncoder, fast_encoder
 
     encoder = fast_encoder(EfficientNetLite2Encoder.from_pretrained(), args.runtime)
     cache = FeatureCache(args.cache_dir, encoder)

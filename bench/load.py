@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# Runs the real CLI; importing polycap.cli.serve registers the command even before commands.py does.
-CLI = "import sys, polycap.cli.serve; from polycap.cli.app import main; sys.exit(main(sys.argv[1:]))"
+# Runs the real CLI (`polycap serve ...`), as the console script does.
+CLI = "import sys; from polycap.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from polycap.backends.native.backend import build_encoder
+from polycap.backends.encoders import build_encoder
 from polycap.data.features import FeatureCache
 from polycap.eval.evaluate import build_report
 from polycap.train.baselines import nearest_neighbour_captions

@@ -170,7 +170,8 @@ class PolycapRunner:
     def __init__(self, args: argparse.Namespace):
         import torch
 
-        from polycap.backends.native.backend import NativeCaptioner, build_encoder
+        from polycap.backends.encoders import build_encoder
+        from polycap.backends.native.backend import NativeCaptioner
         from polycap.backends.native.model import CaptionModel
         from polycap.backends.native.tokenizer import CaptionTokenizer
 
@@ -313,13 +314,13 @@ class HFRunner:
     def __init__(self, args: argparse.Namespace):
         import torch
 
-        from polycap.backends.hf.backend import HFCaptioner, _complete_generation_config
+        from polycap.backends.hf.backend import HFCaptioner, complete_generation_config
         from polycap.backends.hf.families import FAMILIES
 
         torch.manual_seed(0)
         model, tokenizer, image_processor, processor = self.build()
         model.eval()
-        _complete_generation_config(model.generation_config, tokenizer)
+        complete_generation_config(model.generation_config, tokenizer)
         self.cap = HFCaptioner(f"hf:{self.label}", model, FAMILIES[self.family], tokenizer, image_processor,
                                processor=processor, device="cpu")  # fmt: skip
         self.eos_id = model.generation_config.eos_token_id

@@ -131,7 +131,7 @@ def test_install_hint_keeps_its_brackets(photo_dir, capsys, monkeypatch):
 
 
 def test_shared_consoles_print_markup_as_text(capsys):
-    from polycap.cli.app import err, out, usage_error
+    from polycap.cli.common import err, out, usage_error
 
     out.print("[bold]polycap[gemma][/bold] :smile:")
     err.print("[red]x[/red]")

@@ -23,7 +23,7 @@ from polycap.backends.clipcap.config import ClipCapConfig, LMConfig, MapperConfi
 from polycap.backends.clipcap.encoders import CLIPEncoder  # noqa: E402
 from polycap.backends.clipcap.model import ClipCapModel  # noqa: E402
 from polycap.backends.clipcap.tiny import build_tiny_gpt2  # noqa: E402
-from polycap.backends.native.tiny import TinyConvEncoder  # noqa: E402
+from polycap.backends.encoders.tiny import TinyConvEncoder  # noqa: E402
 from polycap.errors import MissingDependencyError  # noqa: E402
 from polycap.train.config import load_config  # noqa: E402
 from polycap.train.data import collate  # noqa: E402

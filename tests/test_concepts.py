@@ -39,7 +39,7 @@ def test_every_imagenet_class_has_one_concept_in_standard_order(table):
     assert [c.index for c in table.classes] == list(range(1000))
     wnids = [
         line.split("\t")[0]
-        for line in (REPO / "src/polycap/backends/native/imagenet_labels.txt").read_text().splitlines()
+        for line in (REPO / "src/polycap/backends/encoders/imagenet_labels.txt").read_text().splitlines()
     ]
     assert [c.wnid for c in table.classes] == wnids
     members = sorted(i for c in table for i in c.classes)

@@ -23,7 +23,7 @@ if importlib.util.find_spec("efficientnet_lite_pytorch") is None or (
 
 from PIL import Image  # noqa: E402
 
-from polycap.backends.native.encoder import EfficientNetLite2Encoder, imagenet_labels, top_labels  # noqa: E402
+from polycap.backends.encoders.efficientnet import EfficientNetLite2Encoder, imagenet_labels, top_labels  # noqa: E402
 from polycap.data.manifest import read_manifest  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

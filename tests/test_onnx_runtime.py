@@ -16,7 +16,7 @@ pytest.importorskip("onnx")
 import polycap  # noqa: E402
 from polycap.backends.native.backend import NativeCaptioner  # noqa: E402
 from polycap.errors import MissingDependencyError, PolycapError  # noqa: E402
-from polycap.export import onnx as ox  # noqa: E402
+from polycap.runtime import onnx as ox  # noqa: E402
 from polycap.types import GenerationOptions  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -32,8 +32,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from polycap.backends.base import Capabilities, Captioner  # noqa: E402
 from polycap.cli.output import record  # noqa: E402
+from polycap.net import FetchError, blocked_reason, fetch_image, fetch_url, is_public  # noqa: E402
 from polycap.serve import ServeSettings, create_app  # noqa: E402
-from polycap.serve.fetch import FetchError, blocked_reason, fetch_image, fetch_url, is_public  # noqa: E402
 from polycap.types import Caption  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -514,13 +514,12 @@ def test_polycap_serve_command_builds_the_configured_app(monkeypatch, tiny):
     """`polycap serve ...` parses its options into settings and hands uvicorn a working app."""
     import uvicorn
 
-    import polycap
-    import polycap.cli.serve  # noqa: F401 - registers the command (commands.py imports it once wired)
     from polycap.cli.app import main
+    from polycap.registry import Registry
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    monkeypatch.setattr(polycap, "load", lambda name, device="auto": tiny)
+    monkeypatch.setattr(Registry, "load", lambda self, name, device="auto": tiny)  # the server loads through it
     monkeypatch.setenv("POLYCAP_API_KEY", API_KEY)
     argv = ["serve", "-m", "polycap-tiny-random", "--port", "8123", "--no-batching", "--max-queue", "3"]
     argv += ["--max-work", "900"]

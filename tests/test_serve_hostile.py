@@ -32,8 +32,8 @@ pytest.importorskip("httpx", reason="the serve extra is not installed: pip insta
 from fastapi.testclient import TestClient  # noqa: E402
 
 from polycap.backends.base import Captioner  # noqa: E402
+from polycap.net import FetchError, fetch_image, fetch_url, is_public, redact_url  # noqa: E402
 from polycap.serve import ServeSettings, create_app  # noqa: E402
-from polycap.serve.fetch import FetchError, fetch_image, fetch_url, is_public, redact_url  # noqa: E402
 from polycap.types import Caption  # noqa: E402
 
 

@@ -54,16 +54,14 @@ def load(name: str | None = None, device: str = "auto", **kwargs: Any) -> Captio
     """Build a captioner from a registered name, a ``scheme:ref`` or a local model folder."""
     from polycap.registry import get_registry
 
-    name = name or default_model()
-    backend, ref, fixed = get_registry().resolve(name)
-    return backend.loader(ref, device=device, name=name, **{**fixed, **kwargs})
+    return get_registry().load(name, device=device, **kwargs)
 
 
 def list_models() -> list[dict[str, Any]]:
     """Registered models with backend, languages, offline availability and default flag."""
     from polycap.registry import get_registry
 
-    return [m.info() for m in get_registry().models.values()]
+    return get_registry().list_models()
 
 
 @lru_cache(maxsize=4)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Union
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from polycap.errors import ImageError
+from polycap.net import redact_url
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,19 +97,6 @@ _heif_registered = False
 def is_url(s: object) -> bool:
     """True for strings that start with ``http://`` or ``https://`` (case-insensitive)."""
     return isinstance(s, str) and bool(_URL_RE.match(s.strip()))
-
-
-def redact_url(url: str) -> str:
-    """``url`` without ``user:password@``, fit to echo in records, errors and logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return "<invalid URL>"
-    if "@" not in parts.netloc:
-        return url.strip()
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def describe_source(x: object) -> str:
@@ -197,13 +185,13 @@ def load_image(
 
 
 def _fetch_url(url: str) -> bytes:
-    """Download ``url`` with :mod:`polycap.serve.fetch`: public addresses only (checked again after
+    """Download ``url`` with :mod:`polycap.net`: public addresses only (checked again after
     every redirect), size and time limits. Needs httpx (the ``serve`` extra)."""
     try:
         import httpx  # noqa: F401
     except ImportError as e:
         raise ImageError("fetching URLs needs httpx: pip install 'polycap[serve]'", url) from e
-    from polycap.serve.fetch import fetch_url
+    from polycap.net import fetch_url
 
     return fetch_url(url)
 

@@ -2,7 +2,8 @@
 
 A plugin is an entry point in the ``polycap.backends`` group whose value is a callable
 ``register(registry)``. It adds backends (``add_backend``: a loader plus the name schemes it
-owns, e.g. ``hf``) and named models (``add_model``). polycap's own backends are plugins too.
+owns, e.g. ``hf``), pipelines over other models (``add_pipeline``: the loader also receives the
+registry's ``load``) and named models (``add_model``). polycap's own backends are plugins too.
 
 Name resolution in :meth:`Registry.resolve`, first match wins:
 1. ``scheme:rest`` where a backend owns ``scheme`` (``hf:Salesforce/blip...``);
@@ -13,6 +14,7 @@ Name resolution in :meth:`Registry.resolve`, first match wins:
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -81,6 +83,13 @@ class Registry:
     def add_backend(self, name: str, loader: Loader, schemes: tuple[str, ...] = (), description: str = "") -> None:
         self.backends[name] = BackendSpec(name, loader, tuple(schemes), description)
 
+    def add_pipeline(
+        self, name: str, loader: Callable[..., Any], schemes: tuple[str, ...] = (), description: str = ""
+    ) -> None:
+        """A backend built from other models: ``loader(ref, *, load, device, **kwargs)`` is called with
+        ``load=self.load``, this registry's own loader, for the models it wraps."""
+        self.add_backend(name, functools.partial(loader, load=self.load), schemes, description)
+
     def add_model(self, spec: ModelSpec) -> None:
         self.models[spec.name] = spec
 
@@ -90,6 +99,20 @@ class Registry:
             if scheme in b.schemes:
                 return b
         return None
+
+    def load(self, name: str | None = None, device: str = "auto", **kwargs: Any) -> Any:
+        """Build the captioner ``name`` names (the default model when None): what ``polycap.load`` does.
+
+        Pipeline backends (``style:``, ``translate:``) get this method handed in at registration
+        (see :meth:`add_pipeline`), so they load their inner models without importing the package.
+        """
+        name = name or self.default_model()
+        backend, ref, fixed = self.resolve(name)
+        return backend.loader(ref, device=device, name=name, **{**fixed, **kwargs})
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Registered models with backend, languages, offline availability and default flag."""
+        return [m.info() for m in self.models.values()]
 
     def default_model(self) -> str:
         defaults = [m.name for m in self.models.values() if m.default]

@@ -19,6 +19,11 @@ MAX_LENGTH_PENALTY = 10.0  # |length_penalty| <= 10
 MAX_SEED = 2**31 - 1  # a seed every backend takes: torch's is 64-bit, numpy's 32-bit, Gemini's an int32
 
 
+def _option(default: Any, help: str) -> Any:
+    """A GenerationOptions field with its one-line help, which the CLI flags and the REST docs show."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """How to decode a caption. Every backend receives the same options object.
@@ -26,19 +31,19 @@ class GenerationOptions:
     Values are validated on construction, so a bad value fails before any model work starts.
     """
 
-    lang: str = "en"
-    max_new_tokens: int = 30
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    num_return_sequences: int = 1
-    seed: int | None = None
-    style: str | None = None  # free text; the style backends interpret it
+    lang: str = _option("en", "Language code of the caption.")
+    max_new_tokens: int = _option(30, "Maximum new tokens per caption.")
+    min_new_tokens: int = _option(0, "Minimum new tokens per caption.")
+    num_beams: int = _option(1, "Beam width (1 = greedy).")
+    do_sample: bool = _option(False, "Sample instead of greedy/beam decoding.")
+    temperature: float = _option(1.0, "Sampling temperature.")
+    top_p: float = _option(1.0, "Nucleus sampling threshold.")
+    top_k: int | None = _option(None, "Top-k sampling.")
+    length_penalty: float = _option(1.0, "Beam search: > 1 favours longer captions, < 1 shorter.")
+    no_repeat_ngram_size: int = _option(0, "Never repeat an n-gram of this many tokens (0: off).")
+    num_return_sequences: int = _option(1, "Captions returned per image (alternatives).")
+    seed: int | None = _option(None, "Random seed (sampling).")
+    style: str | None = _option(None, "social, alt-text, detailed, hashtags or an instruction.")  # free text
 
     def __post_init__(self) -> None:
         _check_int(self, "max_new_tokens", 1, MAX_NEW_TOKENS)
@@ -82,6 +87,33 @@ class GenerationOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One decoding option a caller may set: what the CLI flags and the REST parser are built from."""
+
+    name: str
+    type: type  # int, float, bool or str
+    optional: bool  # None is a value (it is the default)
+    default: Any
+    help: str
+
+
+def option_specs() -> tuple[OptionSpec, ...]:
+    """Every GenerationOptions field but ``lang`` (each interface takes languages its own way), in
+    declaration order: a field added to GenerationOptions appears in every interface from here."""
+    specs = []
+    for f in fields(GenerationOptions):
+        if f.name == "lang":
+            continue
+        text = str(f.type).replace(" ", "")  # the annotation's text ("int", "int|None"): annotations are lazy here
+        base, optional = text.removesuffix("|None"), text.endswith("|None")
+        kind = {"int": int, "float": float, "bool": bool, "str": str}.get(base)
+        if kind is None:
+            raise TypeError(f"GenerationOptions.{f.name}: type {f.type!r} is not int, float, bool or str (| None)")
+        specs.append(OptionSpec(f.name, kind, optional, f.default, f.metadata.get("help", "")))
+    return tuple(specs)
 
 
 def _check_int(opts: GenerationOptions, name: str, minimum: int, maximum: int) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -215,12 +215,14 @@ def _failed(error: str, options: GenerationOptions, model: str, meta: dict[str, 
     return cap
 
 
-def load_text_generator(ref: Any, device: str = "auto", **kwargs: Any) -> TextGenerator:
+def load_text_generator(
+    ref: Any, load: Callable[..., Any], device: str = "auto", **kwargs: Any
+) -> TextGenerator:
     """A rewriter from a TextGenerator object, a local causal-LM folder, or a model name.
 
     A folder is a transformers model when its config.json has no polycap ``backend`` field; any
-    other name goes through :func:`polycap.load` and must support text-only generation (the
-    remote backends do).
+    other name goes through ``load`` (the registry's loader, as :func:`polycap.load`) and must
+    support text-only generation (the remote backends do).
     """
     if not isinstance(ref, (str, Path)):
         if isinstance(ref, TextGenerator):
@@ -231,9 +233,7 @@ def load_text_generator(ref: Any, device: str = "auto", **kwargs: Any) -> TextGe
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"rewriter folder {path} has no config.json (a transformers causal LM is needed)")
         return LocalTextGenerator(path, device=device, **kwargs)
-    import polycap
-
-    model = polycap.load(str(ref), device=device, **kwargs)
+    model = load(str(ref), device=device, **kwargs)
     if not isinstance(model, TextGenerator):
         raise OptionError(
             f"{ref!r} cannot rewrite text (it only captions images); use a remote model such as "
@@ -252,6 +252,7 @@ def _is_polycap_folder(path: Path) -> bool:
 def load_styled(
     ref: str,
     *,
+    load: Callable[..., Captioner],
     device: str = "auto",
     name: str | None = None,
     rewriter: Any = None,
@@ -263,9 +264,9 @@ def load_styled(
     describe_lang: str | None = None,
     max_concurrency: int | None = None,
 ) -> StyledCaptioner:
-    """Loader of the ``style:<describer>`` scheme; ``rewriter`` is required."""
-    import polycap
-
+    """Loader of the ``style:<describer>`` scheme; ``rewriter`` is required. ``load`` builds the
+    describer (and a named rewriter) from its name: the registry's loader, handed in by
+    :meth:`Registry.add_pipeline`."""
     if not ref.strip():
         raise ModelNotFoundError("style: needs a describer model, e.g. style:polycap-base")
     if rewriter is None:
@@ -274,13 +275,13 @@ def load_styled(
             "folder with a transformers causal language model, or a TextGenerator object (CLI: --rewriter)"
         )
     template = prompts.load_template(prompt, prompt_file)
-    describer = polycap.load(ref, device=device, **(describer_options or {}))
-    generator = load_text_generator(rewriter, device=device, **(rewriter_options or {}))
+    describer = load(ref, device=device, **(describer_options or {}))
+    generator = load_text_generator(rewriter, load, device=device, **(rewriter_options or {}))
     return StyledCaptioner(describer, generator, style=style, name=name, template=template,
                            describe_lang=describe_lang, max_concurrency=max_concurrency)
 
 
 def register(registry) -> None:
-    registry.add_backend(
+    registry.add_pipeline(
         "style", load_styled, schemes=("style",), description="describe with any captioner, rewrite into a style"
     )

@@ -20,7 +20,7 @@ the first generated token, ``forced_bos_token_id``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -226,6 +226,7 @@ def _one(ref: Any, device: str, source_lang: str) -> Translator:
 def load_translated(
     ref: str,
     *,
+    load: Callable[..., Captioner],
     device: str = "auto",
     name: str | None = None,
     translator: Any = None,
@@ -233,9 +234,8 @@ def load_translated(
     source_lang: str = "en",
     **captioner_kwargs: Any,
 ) -> TranslatedCaptioner:
-    """Loader of the ``translate:<captioner>`` scheme; ``translator`` is required."""
-    import polycap
-
+    """Loader of the ``translate:<captioner>`` scheme; ``translator`` is required. ``load`` builds the
+    captioner from its name (the registry's loader, handed in by :meth:`Registry.add_pipeline`)."""
     if not ref.strip():
         raise ModelNotFoundError("translate: needs a captioner, e.g. translate:hf:/models/blip, translate:polycap-base")
     if translator is None:
@@ -244,12 +244,12 @@ def load_translated(
             f"a local folder), a language pair ({', '.join(sorted(PAIRS))}), 'nllb', or a {{lang: model}} mapping"
         )
     translators = load_translators(translator, device, source_lang, target_langs)
-    captioner = polycap.load(ref, device=device, **captioner_kwargs)
+    captioner = load(ref, device=device, **captioner_kwargs)
     return TranslatedCaptioner(captioner, translators, source_lang=source_lang, name=name)
 
 
 def register(registry) -> None:
-    registry.add_backend(
+    registry.add_pipeline(
         "translate",
         load_translated,
         schemes=("translate",),

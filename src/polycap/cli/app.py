@@ -1,14 +1,18 @@
-"""The Typer app every command module attaches to, and ``main(argv)`` for tests and the script."""
+"""The Typer app with every command on it, and ``main(argv)`` for tests and the script.
+
+Commands are plain functions in their own modules; :mod:`polycap.cli.commands` names them and this
+module attaches them to the app, so no command module imports the app back.
+"""
 
 from __future__ import annotations
 
 import logging
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from polycap._version import __version__
+from polycap.cli.commands import COMMANDS
+from polycap.cli.common import EXIT_OK, EXIT_USAGE, err
 from polycap.errors import PolycapError
 
 app = typer.Typer(
@@ -18,12 +22,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Text printed here is never read as rich markup: messages carry brackets ("pip install
-# 'polycap[gemma]'") that markup would silently drop. Style with ``Text`` where colour helps.
-err = Console(stderr=True, markup=False, highlight=False, emoji=False, soft_wrap=True)
-out = Console(markup=False, highlight=False, emoji=False)
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _version(value: bool) -> None:
@@ -41,10 +39,8 @@ def _root(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-def usage_error(message: str) -> typer.Exit:
-    """Print a usage error and return the Exit to raise (exit code 2)."""
-    err.print(Text.assemble(("error:", "red"), " ", message))
-    return typer.Exit(EXIT_USAGE)
+for _name, _command in COMMANDS.items():
+    app.command(_name)(_command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     Click's standalone mode prints usage errors itself and exits; catching SystemExit keeps
     this independent of which click typer bundles.
     """
-    from polycap.cli import commands  # noqa: F401 - registers the commands on ``app``
-
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="polycap", standalone_mode=True)

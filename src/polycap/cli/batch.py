@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from polycap.cli import gen_flags as F
-from polycap.cli.app import EXIT_SOME_FAILED, app, err, usage_error
-from polycap.cli.caption import split_langs
+from polycap.cli.common import EXIT_SOME_FAILED, err, split_langs, usage_error
 from polycap.errors import OptionError, PolycapError
 
 
-@app.command("batch")
+@F.generation_flags(F.CAPTION_DEFAULTS)
 def batch_cmd(
     inputs: list[str] = typer.Argument(
         ..., help="Folders (recursive), globs, images, manifests (.jsonl/.csv/.parquet) or WebDataset .tar shards."
@@ -57,17 +57,7 @@ def batch_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no notices; only the JSON summary."),
     model: str | None = F.MODEL,
     lang: str | None = F.LANG,
-    beams: int = F.BEAMS,
-    max_tokens: int = F.MAX_TOKENS,
-    sample: bool = F.SAMPLE,
-    temperature: float = F.TEMPERATURE,
-    top_p: float = F.TOP_P,
-    top_k: int | None = F.TOP_K,
-    num_return: int = F.NUM_RETURN,
-    no_repeat: int | None = F.NO_REPEAT,
-    length_penalty: float | None = F.LENGTH_PENALTY,
-    seed: int | None = F.SEED,
-    style: str | None = F.STYLE,
+    generation: dict[str, Any] | None = None,
     rewriter: str | None = F.REWRITER,
     prompt: str | None = F.PROMPT,
     prompt_file: Path | None = F.PROMPT_FILE,
@@ -91,10 +81,7 @@ def batch_cmd(
             model, langs, prompt=prompt, prompt_file=prompt_file, base_url=base_url, no_cache=no_cache,
             max_side=max_side, rewriter=rewriter, translator=translator, dtype=dtype,
         )  # fmt: skip
-        options = F.option_kwargs(
-            max_tokens=max_tokens, beams=beams, sample=sample, temperature=temperature, top_p=top_p, top_k=top_k,
-            num_return=num_return, no_repeat=no_repeat, length_penalty=length_penalty, seed=seed, style=style,
-        )  # fmt: skip
+        options = dict(generation or {})
         wants_sidecar = sidecar or sidecar_dir is not None
         spec = SidecarSpec(ext, prefix, suffix, existing, lang_layout, sidecar_dir, separator)
         side = spec if wants_sidecar else None

@@ -9,12 +9,12 @@ import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from polycap.cli import gen_flags as F
-from polycap.cli.app import EXIT_SOME_FAILED, app, err, usage_error
+from polycap.cli.common import EXIT_SOME_FAILED, err, load_model, split_langs, usage_error
 from polycap.cli.output import FORMATS, RecordWriter, error_line, escape_text
 from polycap.errors import OptionError, PolycapError
 from polycap.types import Caption
@@ -23,51 +23,12 @@ if TYPE_CHECKING:
     from polycap.images import FileScan
 
 
-def split_langs(value: str | None) -> list[str] | None:
-    """``"en,de"`` -> ["en", "de"]; None stays None (the model's default language)."""
-    if value is None:
-        return None
-    langs = [x.strip() for x in value.split(",") if x.strip()]
-    if not langs:
-        raise OptionError(f"--lang got no language codes: {value!r}")
-    return list(dict.fromkeys(langs))
-
-
-def beam_controls(no_repeat: int | None, length_penalty: float | None) -> dict:
-    """Only the flags the user set: the others keep the model's defaults (its ``generation`` field)."""
-    given = {"no_repeat_ngram_size": no_repeat, "length_penalty": length_penalty}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def load_model(name: str | None, device: str, quiet: bool, **kwargs):
-    """Load a model by name, or the default one with a notice when it is only the tiny model."""
-    import polycap
-
-    chosen = name or polycap.default_model()
-    if name is None and chosen == "polycap-tiny-random" and not quiet:
-        err.print(
-            "note: polycap-base is not installed, so the default is polycap-tiny-random, "
-            "which writes random words. Pass --model to choose another model."
-        )
-    return polycap.load(chosen, device=device, **kwargs)
-
-
-@app.command("caption")
+@F.generation_flags(F.CAPTION_DEFAULTS)
 def caption_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
     model: str | None = F.MODEL,
     lang: str | None = F.LANG,
-    beams: int = F.BEAMS,
-    max_tokens: int = F.MAX_TOKENS,
-    sample: bool = F.SAMPLE,
-    temperature: float = F.TEMPERATURE,
-    top_p: float = F.TOP_P,
-    top_k: int | None = F.TOP_K,
-    num_return: int = F.NUM_RETURN,
-    no_repeat: int | None = F.NO_REPEAT,
-    length_penalty: float | None = F.LENGTH_PENALTY,
-    seed: int | None = F.SEED,
-    style: str | None = F.STYLE,
+    generation: dict[str, Any] | None = None,
     rewriter: str | None = F.REWRITER,
     prompt: str | None = F.PROMPT,
     prompt_file: Path | None = F.PROMPT_FILE,
@@ -99,14 +60,7 @@ def caption_cmd(
             max_side=max_side, rewriter=rewriter, translator=translator, dtype=dtype,
         )  # fmt: skip
         captioner = load_model(model, device, quiet, **extra)
-        options = captioner.make_options(
-            lang=(langs or [captioner.default_lang])[0],
-            **F.option_kwargs(
-                max_tokens=max_tokens, beams=beams, sample=sample, temperature=temperature, top_p=top_p,
-                top_k=top_k, num_return=num_return, no_repeat=no_repeat, length_penalty=length_penalty,
-                seed=seed, style=style,
-            ),
-        )  # fmt: skip
+        options = captioner.make_options(lang=(langs or [captioner.default_lang])[0], **(generation or {}))
         results = captioner.iter_captions(
             [str(p) for p in paths], options, batch_size=batch_size, max_pixels=max_pixels, langs=langs
         )

@@ -6,11 +6,12 @@ import json
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from polycap.cli.app import app, err, usage_error
-from polycap.cli.caption import beam_controls, load_model, split_langs
+from polycap.cli import gen_flags as F
+from polycap.cli.common import err, load_model, split_langs, usage_error
 from polycap.errors import OptionError, PolycapError
 
 # Shared by eval and score: object mentions (CHAIR, recall, largest named) and subject named.
@@ -77,7 +78,7 @@ def _refs_preds(items, preds, langs, refs):
     )
 
 
-@app.command("eval")
+@F.generation_flags(F.EVAL_DEFAULTS)
 def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Caption manifest (JSON Lines)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name, scheme:ref or folder."),
@@ -87,19 +88,7 @@ def eval_cmd(
     lang: str | None = typer.Option(None, "--lang", "-l", help="Languages, comma-separated (default: all shared)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N images of the split."),
     refs: int | None = typer.Option(None, "--refs", min=1, help="Use only the first N references per image."),
-    beams: int = typer.Option(3, "--beams", help="Beam width."),
-    max_tokens: int = typer.Option(30, "--max-tokens", help="Maximum new tokens."),
-    sample: bool = typer.Option(False, "--sample", help="Sample instead of beam/greedy decoding."),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    no_repeat: int | None = typer.Option(
-        None, "--no-repeat-ngram-size", min=0,
-        help="Never repeat an n-gram of this many tokens (0: off; default: the model's, else off).",
-    ),
-    length_penalty: float | None = typer.Option(
-        None, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter (default 1)."
-    ),
-    seed: int | None = typer.Option(None, "--seed"),
+    generation: dict[str, Any] | None = None,
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report JSON."),
     preds: Path | None = typer.Option(None, "--preds", help="Write predictions (JSON Lines) as they are made."),
@@ -120,11 +109,7 @@ def eval_cmd(
         captioner = load_model(model, device, quiet)
         langs = _default_langs(lang, items, captioner.capabilities.languages, labels is not None)
         checks = prepare_checks(items, data, langs, objects, labels, ref_objects, refs)
-        options = captioner.make_options(
-            lang=langs[0], num_beams=beams, max_new_tokens=max_tokens, do_sample=sample,
-            temperature=temperature, top_p=top_p, seed=seed,
-            **beam_controls(no_repeat, length_penalty),
-        )
+        options = captioner.make_options(lang=langs[0], **(generation or {}))
         for x in langs:
             captioner.make_options(options, lang=x)
         also = checks.also(langs)
@@ -142,10 +127,12 @@ def eval_cmd(
     _write_report(report, out, markdown, _refs_preds(items, predictions, langs, refs))
 
 
-@app.command("score")
 def score_cmd(
     data: Path = typer.Option(..., "--data", help="Caption manifest (JSON Lines) with the references."),
-    preds: Path = typer.Option(..., "--preds", help='Predictions: {"image", "lang", "caption"} per line.'),
+    preds: Path = typer.Option(
+        ..., "--preds",
+        help='Predictions: {"image", "lang", "caption"} per line, or polycap batch records (JSONL, Parquet).',
+    ),
     split: str | None = typer.Option(
         None, "--split", help="Manifest split ('' for all; default: the splits of the predicted images)."
     ),
@@ -158,17 +145,18 @@ def score_cmd(
     labels: str | None = LABELS,
 ) -> None:
     """Score existing predictions from any system on the same footing as ``polycap eval``."""
-    from polycap.eval.evaluate import build_report, read_predictions
+    from polycap.data.manifest import read_manifest
+    from polycap.eval.evaluate import build_report, load_predictions
     from polycap.eval.objects import prepare_checks
 
     try:
-        predictions = read_predictions(preds)
+        predictions, failed = load_predictions(preds, read_manifest(data))
         items, split_name = _scored_items(data, split, predictions)
-        langs = split_langs(lang) or list(predictions)
+        langs = split_langs(lang) or list(dict.fromkeys([*predictions, *failed]))
         checks = prepare_checks(items, data, langs, objects, labels, ref_objects, refs)
         meta = {"model": str(preds), "data": str(data), "split": split_name,
                 "options": {"max_refs": refs}, "speed": None}
-        report = build_report(items, predictions, langs, refs, meta)
+        report = build_report(items, predictions, langs, refs, meta, failed)
         checks.add_to(report, {x: predictions.get(x, {}) for x in langs})
     except (OptionError, PolycapError, OSError) as e:
         raise usage_error(str(e)) from e
@@ -192,7 +180,8 @@ def _scored_items(data: Path, split: str | None, predictions: dict[str, dict[str
     named = {key for by_image in predictions.values() for key in by_image}
     splits = {it.split for it in items if it.key in named}
     if not splits:
-        raise usage_error(f"none of the predicted images is in {data} (predictions name images by its 'image' field)")
+        raise usage_error(f"none of the predicted images is in {data} (predictions name images by its 'image' "
+                          "field, or by the image file)")
     chosen = [it for it in items if it.split in splits]
     return chosen, ",".join(sorted(str(s) for s in splits if s is not None)) or "all"
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import typer
 
-from polycap.cli.app import app, err, usage_error
+from polycap.cli.common import err, usage_error
 from polycap.errors import PolycapError
 
 
-@app.command("finetune")
 def finetune_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Base model: hf:<hub id> or hf:<folder>."),
     data: Path = typer.Option(..., "--data", help="Caption manifest (JSON Lines); splits train and val."),

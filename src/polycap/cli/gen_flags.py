@@ -1,35 +1,48 @@
-"""The model and generation flags ``polycap caption`` and ``polycap batch`` share, declared once.
+"""The flags ``polycap caption``, ``eval`` and ``batch`` share, declared once.
 
-Each constant is the Typer option of one flag; a command uses it as a parameter default
-(``beams: int = BEAMS``), so both commands take the same flags with the same help and limits.
-:func:`option_kwargs` turns their values into ``captioner.make_options`` keyword arguments.
+Generation flags are not written out here at all: :func:`generation_flags` gives a command one flag
+per :class:`polycap.GenerationOptions` field (:func:`polycap.types.option_specs`, which the REST
+parser reads too), so a new decoding option appears in every command and the server at once.
+Model flags are Typer options used as parameter defaults (``model: str | None = MODEL``);
+:func:`model_load_kwargs` turns them into ``polycap.load`` keyword arguments.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 
+from polycap.types import OptionSpec, option_specs
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+# Flags whose name is not ``--<field-name>``: short, and what the CLI has always called them.
+FLAG_NAMES = {
+    "max_new_tokens": "--max-tokens",
+    "min_new_tokens": "--min-tokens",
+    "num_beams": "--beams",
+    "do_sample": "--sample",
+    "num_return_sequences": "--num-return",
+}
+# What ``caption`` and ``batch`` pass when a flag is not given. Any other option not given is left
+# out, so it keeps the model's default (its ``generation`` field, e.g. polycap-base's trigram block).
+CAPTION_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 30, "num_beams": 1, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
+    "num_return_sequences": 1,
+}  # fmt: skip
+# ``eval`` decodes with beam search unless told otherwise.
+EVAL_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 30, "num_beams": 3, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
+}  # fmt: skip
+
 MODEL = typer.Option(None, "--model", "-m", help="Model name, scheme:ref or folder.")
 LANG = typer.Option(None, "--lang", "-l", help="Language code(s), comma-separated: en,de.")
-BEAMS = typer.Option(1, "--beams", help="Beam width (1 = greedy).")
-MAX_TOKENS = typer.Option(30, "--max-tokens", help="Maximum new tokens per caption.")
-SAMPLE = typer.Option(False, "--sample", help="Sample instead of greedy/beam decoding.")
-TEMPERATURE = typer.Option(1.0, "--temperature", help="Sampling temperature.")
-TOP_P = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold.")
-TOP_K = typer.Option(None, "--top-k", help="Top-k sampling.")
-NUM_RETURN = typer.Option(1, "--num-return", help="Captions returned per image (alternatives).")
-NO_REPEAT = typer.Option(
-    None, "--no-repeat-ngram-size", min=0,
-    help="Never repeat an n-gram of this many tokens (0: off; default: the model's, else off).",
-)  # fmt: skip
-LENGTH_PENALTY = typer.Option(
-    None, "--length-penalty", help="Beam search: > 1 favours longer captions, < 1 shorter (default 1)."
-)
-SEED = typer.Option(None, "--seed", help="Random seed (sampling).")
-STYLE = typer.Option(None, "--style", help="social, alt-text, detailed, hashtags or an instruction.")
 REWRITER = typer.Option(None, "--rewriter", help="Rewrite --model's description with this text model.")
 PROMPT = typer.Option(
     None, "--prompt", help="Prompt template (remote model, --rewriter), or caption prefix (hf: models)."
@@ -49,28 +62,63 @@ MAX_PIXELS = typer.Option(
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps.")
 
 
-def option_kwargs(
-    *,
-    max_tokens: int,
-    beams: int,
-    sample: bool,
-    temperature: float,
-    top_p: float,
-    top_k: int | None,
-    num_return: int,
-    no_repeat: int | None,
-    length_penalty: float | None,
-    seed: int | None,
-    style: str | None,
-) -> dict[str, Any]:
-    """``make_options`` kwargs (all but ``lang``); beam controls only when set, so the others keep
-    the model's defaults (its ``generation`` field)."""
-    given = {"no_repeat_ngram_size": no_repeat, "length_penalty": length_penalty}
-    return {
-        "max_new_tokens": max_tokens, "num_beams": beams, "do_sample": sample, "temperature": temperature,
-        "top_p": top_p, "top_k": top_k, "num_return_sequences": num_return,
-        **{k: v for k, v in given.items() if v is not None}, "seed": seed, "style": style,
-    }  # fmt: skip
+def flag_name(option: str) -> str:
+    """The command-line flag of a GenerationOptions field."""
+    return FLAG_NAMES.get(option, "--" + option.replace("_", "-"))
+
+
+def generation_flags(defaults: Mapping[str, Any]) -> Callable[[Command], Command]:
+    """Decorate a command so that it takes one flag per generation option and receives them as one
+    keyword argument, ``generation``: ``make_options`` kwargs (every option but ``lang``).
+
+    ``generation`` holds the flags given, plus ``defaults`` for those not given; any other option
+    is left out, so the model's own default applies. The flags come right after the command's
+    ``lang`` parameter (or last), in GenerationOptions' order. Their values are checked by
+    GenerationOptions itself when the command builds its options (a usage error, exit 2).
+    """
+    specs = option_specs()
+    unknown = sorted(set(defaults) - {spec.name for spec in specs})
+    if unknown:
+        raise TypeError(f"defaults for unknown generation option(s): {', '.join(unknown)}")
+
+    def decorate(command: Command) -> Command:
+        sig = inspect.signature(command)
+        if "generation" not in sig.parameters:
+            raise TypeError(f"{command.__name__} must take a 'generation' parameter")
+        clash = sorted({spec.name for spec in specs} & set(sig.parameters))
+        if clash:
+            raise TypeError(f"{command.__name__} declares generation option(s) itself: {', '.join(clash)}")
+        hints = typing.get_type_hints(command)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+               for p in sig.parameters.values() if p.name != "generation"]  # fmt: skip
+        flags = [_flag_parameter(spec, defaults) for spec in specs]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == "lang"), len(own))
+        params = [*own[:at], *flags, *own[at:]]
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            given = {spec.name: kwargs.pop(spec.name) for spec in specs}
+            # `is`, not `in (None, False)`: 0 == False, and --no-repeat-ngram-size 0 is a given value
+            generation = {k: v for k, v in given.items() if k in defaults or (v is not None and v is not False)}
+            return command(**kwargs, generation=generation)
+
+        run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+def _flag_parameter(spec: OptionSpec, defaults: Mapping[str, Any]) -> inspect.Parameter:
+    """The Typer option of one generation option: its flag, help, type and this command's default."""
+    if spec.name in defaults:
+        default, annotation, note = defaults[spec.name], spec.type, ""
+    elif spec.type is bool:  # the flag can only turn it on; not given: the model's default
+        default, annotation, note = False, bool, ""
+    else:
+        default, annotation, note = None, spec.type | None, " Default: the model's."
+    option = typer.Option(default, flag_name(spec.name), help=spec.help + note)
+    return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
 def model_load_kwargs(

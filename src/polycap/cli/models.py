@@ -10,12 +10,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from polycap.cli.app import app, out, usage_error
+from polycap.cli.common import out, usage_error
 
 FORMATS = ("table", "json", "names")
 
 
-@app.command("models")
 def models_cmd(
     fmt: str | None = typer.Option(
         None, "--format", "-f", help="table, json or names (one per line); default: table on a terminal, else names."

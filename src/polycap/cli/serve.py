@@ -9,14 +9,13 @@ from typing import Any
 
 import typer
 
-from polycap.cli.app import app, err, usage_error
+from polycap.cli.common import err, usage_error
 from polycap.errors import MissingDependencyError
 from polycap.serve.settings import SETTINGS_ENV, ServeSettings  # light: no fastapi/uvicorn import
 
 _LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 
 
-@app.command("serve")
 def serve_cmd(
     model: list[str] | None = typer.Option(
         None, "--model", "-m", help="Model to serve; repeat for several (the first is the default)."

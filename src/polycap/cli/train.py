@@ -7,11 +7,10 @@ from pathlib import Path
 
 import typer
 
-from polycap.cli.app import app, usage_error
+from polycap.cli.common import usage_error
 from polycap.errors import PolycapError
 
 
-@app.command("train")
 def train_cmd(
     config: Path | None = typer.Option(None, "--config", "-c", help="Training config (YAML or JSON)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, log.jsonl, best/ model."),
@@ -40,7 +39,6 @@ def train_cmd(
     typer.echo(json.dumps(summary))
 
 
-@app.command("merge-adapters")
 def merge_adapters_cmd(
     folders: list[Path] = typer.Argument(..., help="clipcap model folders (e.g. runs/en/best runs/de/best)."),
     out: Path = typer.Option(..., "--out", "-o", help="The merged model folder (new or empty)."),

@@ -207,7 +207,7 @@ class FeatureCache:
 
         ``flip=True`` also caches the mirrored view of each image. Unreadable images are logged and
         listed in ``self.failed`` instead of stopping the run. ``batch_size`` is the encoder batch:
-        on a 2-core CPU EfficientNet-Lite2 runs ~4x faster at 2-4 images than at 32 (cache effects).
+        small batches are faster per image on a CPU (cache effects; measured in bench/README.md).
         """
         self.failed = {}
         with self._locked():

@@ -30,11 +30,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import polycap
 from polycap._version import __version__
 from polycap.backends.base import Captioner
 from polycap.errors import ImageError, OptionError
 from polycap.records import record
+from polycap.registry import get_registry
 from polycap.serve.batching import ImageItem, Job, MicroBatcher, QueueFull, ShuttingDown
 from polycap.serve.middleware import ServeMiddleware
 from polycap.serve.models import ModelPool, ModelUnavailable, UnknownModel
@@ -101,17 +101,18 @@ def create_app(
     fetcher: Fetcher | None = None,
 ) -> FastAPI:
     """Build the app. ``captioners``: serve these ready instances (the first is the default) instead
-    of loading ``settings.models``; ``loader``: how a served name becomes a captioner (default
-    ``polycap.load(name, device=settings.device)``); ``fetcher``: an async function turning an
-    allowed image URL into bytes (default :func:`polycap.serve.fetch.fetch_image` with the settings'
-    limits; tests pass one with a looser address policy). Whatever the fetcher, the server runs at
-    most ``max_fetches`` at once and cuts each off after ``fetch_timeout_s``."""
+    of loading ``settings.models``; ``loader``: how a served name becomes a captioner (default: the
+    registry's ``load(name, device=settings.device)``, what ``polycap.load`` does); ``fetcher``: an
+    async function turning an allowed image URL into bytes (default :func:`polycap.net.fetch_image`
+    with the settings' limits; tests pass one with a looser address policy). Whatever the fetcher,
+    the server runs at most ``max_fetches`` at once and cuts each off after ``fetch_timeout_s``."""
     settings = settings or ServeSettings.from_env()
     if captioners:
         pool = ModelPool.from_captioners(captioners)
     else:
-        names = list(settings.models) or [polycap.default_model()]
-        pool = ModelPool(names, loader or (lambda name: polycap.load(name, device=settings.device)))
+        registry = get_registry()
+        names = list(settings.models) or [registry.default_model()]
+        pool = ModelPool(names, loader or (lambda name: registry.load(name, device=settings.device)))
 
     app = FastAPI(
         title="polycap",
@@ -283,7 +284,7 @@ async def _readyz(request: Request) -> JSONResponse:
 
 async def _models(request: Request) -> dict[str, Any]:
     pool: ModelPool = request.app.state.pool
-    registry = {m["name"]: m for m in polycap.list_models()}
+    registry = {m["name"]: m for m in get_registry().list_models()}
     return {"default": pool.default, "models": pool.info(registry), "limits": request.app.state.settings.public()}
 
 
@@ -415,9 +416,9 @@ def _check_pixels(images: Sequence[RequestImage], max_pixels: int) -> None:
 
 
 def _default_fetcher(settings: ServeSettings, app: FastAPI) -> Fetcher:
-    """:func:`polycap.serve.fetch.fetch_image` with the settings' limits; name lookups run in the
+    """:func:`polycap.net.fetch_image` with the settings' limits; name lookups run in the
     app's own bounded pool (``max_fetches`` threads), never in the default executor."""
-    from polycap.serve.fetch import fetch_image
+    from polycap.net import fetch_image
 
     async def fetch(url: str) -> bytes:
         return await fetch_image(
@@ -436,7 +437,7 @@ async def _materialise(
 ) -> list[ImageItem]:
     """Uploaded bytes as they are; URLs fetched concurrently, at most ``slots`` at once in the whole
     server, each within ``timeout_s`` (waiting for a slot included). Each failure is that item's error."""
-    from polycap.serve.fetch import redact_url
+    from polycap.net import redact_url
 
     async def one(img: RequestImage) -> ImageItem:
         if img.url is None:

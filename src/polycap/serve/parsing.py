@@ -20,16 +20,18 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from polycap.images import is_url
-from polycap.serve.fetch import redact_url
+from polycap.net import redact_url
 from polycap.serve.settings import ServeSettings
-from polycap.types import GenerationOptions
+from polycap.types import GenerationOptions, option_specs
 
-# Generation options a request may set, with their declared types ("int", "int | None", ...).
-OPTION_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(GenerationOptions) if f.name != "lang"}
+# Generation options a request may set, with their types ("int", "int | None", ...): every
+# GenerationOptions field but lang, from the same list the CLI flags are made from.
+OPTION_SPECS = {spec.name: spec for spec in option_specs()}
+OPTION_TYPES: dict[str, str] = {n: s.type.__name__ + (" | None" if s.optional else "") for n, s in OPTION_SPECS.items()}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # lone surrogates: valid JSON escapes, not encodable text
 _DATA_URL = re.compile(r"^data:[\w.+/-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -429,7 +431,8 @@ def openapi_request_body() -> dict[str, Any]:
     options = {}
     for name, type_name in OPTION_TYPES.items():
         base = type_name.replace("| None", "").strip()
-        options[name] = {"type": py_to_json.get(base, "string"), "nullable": "None" in type_name}
+        options[name] = {"type": py_to_json.get(base, "string"), "nullable": "None" in type_name,
+                         "description": OPTION_SPECS[name].help}  # fmt: skip
     lang = {"description": "Language code(s): 'en', 'en,de' or (JSON) ['en', 'de']. Default: the model's."}
     model = {"type": "string", "description": "A served model (GET /v1/models). Default: the server's default."}
     image_json = {

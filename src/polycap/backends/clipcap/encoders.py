@@ -1,6 +1,7 @@
 """Image encoders a ClipCap model can use; each gives (B, N, C) features the feature cache stores.
 
-* ``efficientnet-lite2`` and ``tiny-conv``: the native backend's encoders ((B, 81, 1280) grid).
+* ``efficientnet-lite2`` and ``tiny-conv``: the shared encoders of :mod:`polycap.backends.encoders`
+  ((B, 81, 1280) grid), the ones polycap's own models use.
 * ``clip``: a transformers ``CLIPVisionModelWithProjection`` from a folder or hub id, giving the
   projected image embedding as one position (``output: embeds``, (B, 1, P), ClipCap's input) or
   the patch tokens (``output: grid``, (B, 1 + patches, H)).
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from polycap.backends import encoders as shared
+from polycap.backends.encoders import feature_dim  # noqa: F401 - the trainer takes both from here
 from polycap.errors import PolycapError
 
 
@@ -63,21 +66,12 @@ class CLIPEncoder(nn.Module):
 
 
 def build_encoder(spec: dict[str, Any], inference: bool = False) -> nn.Module:
-    """Encoders by name; weights come from installed packages or local/cached folders."""
+    """Encoders by name: ``clip`` here, the others shared (:func:`polycap.backends.encoders.build_encoder`);
+    weights come from installed packages or local/cached folders."""
     if spec.get("name") == "clip":
         if not spec.get("path"):
             raise PolycapError("the clip encoder needs a path: a local folder or a hub id")
         return CLIPEncoder.from_pretrained(spec["path"], spec.get("output", "embeds"))
-    from polycap.backends.native.backend import build_encoder as native_encoder
-
-    try:
-        return native_encoder(spec, inference=inference)
-    except PolycapError as e:
-        raise PolycapError(f"{e}, clip") from None
-
-
-def feature_dim(encoder: nn.Module) -> int:
-    dim = getattr(encoder, "feature_dim", None)
-    if not isinstance(dim, int):
-        raise PolycapError(f"encoder {getattr(encoder, 'name', encoder)!r} does not say its feature_dim")
-    return dim
+    if spec.get("name") not in shared.KNOWN:
+        raise PolycapError(f"unknown encoder {spec.get('name')!r}; known: {', '.join(shared.KNOWN)}, clip")
+    return shared.build_encoder(spec, inference=inference)

@@ -1,5 +1,5 @@
 """Tiny random ClipCap parts, built locally from a seed (no downloads): a GPT-2 with a byte-level
-BPE tokenizer (as GPT-2's, "!" is id 0), the native tiny conv encoder, and the ``clipcap-tiny-random``
+BPE tokenizer (as GPT-2's, "!" is id 0), the shared tiny conv encoder, and the ``clipcap-tiny-random``
 registry model. Its captions are random words: it measures plumbing, not quality.
 """
 
@@ -56,7 +56,7 @@ def build_tiny_random(languages: tuple[str, ...] = ("en", "de", "fr"), seed: int
     """Return (ClipCapModel, encoder) of the tiny random captioner, deterministically."""
     from polycap.backends.clipcap.config import ClipCapConfig, MapperConfig
     from polycap.backends.clipcap.model import ClipCapModel
-    from polycap.backends.native.tiny import TinyConvEncoder
+    from polycap.backends.encoders.tiny import TinyConvEncoder
 
     lm, tok = build_tiny_gpt2(seed=seed)
     cfg = ClipCapConfig(

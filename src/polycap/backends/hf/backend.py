@@ -209,7 +209,7 @@ def load_hf(
     device = resolve_device(device)
     model = loading.from_pretrained(cls, source, dtype=_torch_dtype(dtype, device)).to(device).eval()
     processor, image_processor, tokenizer = _load_preprocessing(transformers, family, source)
-    _complete_generation_config(model.generation_config, tokenizer)
+    complete_generation_config(model.generation_config, tokenizer)
     return HFCaptioner(
         name or f"hf:{ref}",
         model,
@@ -232,7 +232,8 @@ def _load_preprocessing(transformers: Any, family: Family, source: loading.Model
     return processor, processor.image_processor, processor.tokenizer
 
 
-def _complete_generation_config(gen: Any, tokenizer: Any) -> None:
+def complete_generation_config(gen: Any, tokenizer: Any) -> None:
+    """Fill in the pad and eos ids a checkpoint's generation config lacks, from its tokenizer (in place)."""
     if gen.pad_token_id is None:  # GPT-2 and friends have no pad token; pad with eos as they were trained
         gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else gen.eos_token_id
     if gen.eos_token_id is None and tokenizer.eos_token_id is not None:

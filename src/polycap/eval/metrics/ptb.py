@@ -35,7 +35,7 @@ PUNCTUATIONS = frozenset(
 )
 
 # --- character classes (JFlex macro names in the comments) -------------------------------
-_L = r"[\pL]"  # [:letter:]; \pL is expanded to the BMP letters in _compiled()
+_L = r"[\pL]"  # [:letter:]; \pL is expanded to the BMP letters in compiled_rules()
 _LETTER = (  # LETTER: letters, SGML letter entities, and combining marks JFlex misses
     r"(?:[\pL]|&[aeiouAEIOU](?i:acute|grave|uml);|[\u00AD\u0237-\u024F\u02C2-\u02C5"
     r"\u02D2-\u02DF\u02E5-\u02FF\u0300-\u036F\u0370-\u037D\u0384\u0385\u03CF\u03F6"
@@ -334,8 +334,10 @@ def _classes() -> tuple[str, str]:
 
 
 @lru_cache(maxsize=1)
-def _compiled() -> list[tuple[re.Pattern[str], Action, bool]]:
-    """The rules compiled once: (pattern, action, has trailing context in group ``t``)."""
+def compiled_rules() -> list[tuple[re.Pattern[str], Action, bool]]:
+    """The lexer rules, compiled on the first call and cached for the process: (pattern, action,
+    has trailing context in group ``t``). Calling it early moves that one-off cost out of the
+    first tokenisation."""
     letters, upper = _classes()
     out = []
     for body, trail, action in _RULES:
@@ -366,7 +368,7 @@ _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna
 def _longest(text: str, pos: int) -> tuple[int, int, Action]:
     """JFlex's choice at ``pos``: (matched length, length incl. trailing context, action)."""
     best_total, best_len, best_action = -1, 0, None
-    for pattern, action, has_trail in _compiled():
+    for pattern, action, has_trail in compiled_rules():
         m = pattern.match(text, pos)
         if m is None:
             continue
@@ -450,8 +452,3 @@ def ptb_tokenize_batch(captions: Sequence[str]) -> list[str]:
             toks = " ".join(_lex_first_line(text)).lower().rstrip().split(" ")
         out.append(" ".join([w for w in toks if w not in punct]))
     return out
-
-
-def ptb_tokenize(caption: str) -> str:
-    """Tokenise one caption (as the last caption of a pycocoevalcap batch)."""
-    return ptb_tokenize_batch([caption])[0]

@@ -1,4 +1,7 @@
-"""Fetch an image URL for a client without letting the client reach what only the server can reach.
+"""Fetch an image URL without letting the caller reach what only this machine can reach.
+
+Below both :mod:`polycap.images` (``load_image(url, allow_urls=True)``) and :mod:`polycap.serve`
+(image URLs in requests), so neither has to import the other.
 
 A server that downloads URLs on a client's behalf can be turned against its own network (SSRF):
 ``http://127.0.0.1:6379/``, ``http://10.0.0.5/admin``, the cloud metadata service at
@@ -17,24 +20,24 @@ A server that downloads URLs on a client's behalf can be turned against its own 
 * credentials never appear in what is echoed back (:func:`redact_url`).
 
 The fetch is asynchronous (httpx's async client): a slow host holds no thread, only a socket, so
-it cannot starve the threads the rest of the server needs. Needs ``httpx`` (the ``serve`` extra).
-Errors are :class:`polycap.ImageError` subclasses, so a failed fetch is one failed item, like a
-damaged file.
+it cannot starve the threads the rest of the server needs. Needs ``httpx`` (the ``serve`` extra),
+imported only when a fetch runs. Errors are :class:`polycap.ImageError` subclasses, so a failed
+fetch is one failed item, like a damaged file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import socket
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from polycap.errors import ImageError
-from polycap.images import redact_url  # noqa: F401 - re-exported: the server and tests import it from here
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -56,6 +59,17 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 class FetchError(ImageError):
     """The URL could not be fetched, or was refused before any connection was made."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without ``user:password@``, fit to echo in records, errors and logs."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return "<invalid URL>"
+    if "@" not in parts.netloc:
+        return url.strip()
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def blocked_reason(ip: IPAddress) -> str | None:
@@ -123,11 +137,14 @@ def vet_host(
 
 
 def fetch_url(url: str, **kwargs: Any) -> bytes:
-    """Blocking form of :func:`fetch_image` (same arguments), for the library and the CLI.
+    """Blocking form of :func:`fetch_image` (same arguments), for :func:`polycap.images.load_image`.
 
     Runs the fetch on an event loop of its own: in this thread, or, when this thread already runs
     one (a notebook), in a short-lived helper thread.
     """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -154,6 +171,8 @@ async def fetch_image(
     slow DNS never occupies threads other work needs. ``resolver`` and ``allow`` exist for tests (a
     fake DNS, a loopback server standing in for a public one); production callers keep the defaults.
     """
+    import asyncio  # here, not at the top: importing polycap.images (which uses redact_url) stays light
+
     try:
         async with asyncio.timeout(timeout_s):
             return await _fetch(url, max_bytes, max_redirects, resolver, allow, executor)
@@ -169,6 +188,8 @@ async def _fetch(
     allow: Callable[[IPAddress], bool],
     executor: Executor | None,
 ) -> bytes:
+    import asyncio
+
     import httpx
 
     loop = asyncio.get_running_loop()

