@@ -39,6 +39,10 @@ class ModelConfig:
     n_head: int = 6
     dropout: float = 0.1
     max_length: int = 40
+    # The concept path (docs/concepts.md): recognised concepts' names join the decoder's memory.
+    concept_slots: int = 0  # concepts fed per caption (0: off)
+    concept_pieces: int = 6  # tokens per concept name
+    concepts: dict[str, Any] = field(default_factory=dict)  # ConceptSettings saved with the model
 
 
 @dataclass
@@ -68,6 +72,12 @@ class OptimConfig:
     # > 0: keep an exponential moving average of the weights (this decay per step) during cross-entropy
     # training; validation, best/ and SCST's start use the averaged weights. 0: off.
     ema: float = 0.0
+    # A model folder whose weights (and tokenizer) start training; weights it lacks (a new concept
+    # path) start fresh. None: from scratch.
+    init: str | None = None
+    # With concept slots: the probability that a caption naming a concept is shown with that word
+    # and the fed concept both swapped for another concept (polycap.data.substitute), per epoch.
+    substitute: float = 0.0
 
 
 @dataclass
@@ -160,6 +170,8 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
                                 ("scst.baseline", cfg.scst.baseline, ("greedy", "mean"))):
         if value not in choices:
             raise PolycapError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    if not 0.0 <= cfg.train.substitute <= 1.0:
+        raise PolycapError(f"train.substitute is a probability in [0, 1]; got {cfg.train.substitute}")
     if not 0.0 <= cfg.train.ema < 1.0:
         raise PolycapError(f"train.ema is a decay per step in [0, 1) (0: off); got {cfg.train.ema}")
     if cfg.scst.baseline == "mean" and cfg.scst.samples < 2:
@@ -184,6 +196,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         apply_override(data, o)
     cfg = build_config(data)
     cfg.data.manifests = [str((base / m).resolve()) if not Path(m).is_absolute() else m for m in cfg.data.manifests]
+    if cfg.train.init and not Path(cfg.train.init).expanduser().is_absolute():
+        cfg.train.init = str((base / cfg.train.init).resolve())
     lm_path = cfg.clipcap.lm.get("path")
     if lm_path and not Path(lm_path).is_absolute() and (base / lm_path).is_dir():
         cfg.clipcap.lm["path"] = str((base / lm_path).resolve())  # a local LM folder beside the config

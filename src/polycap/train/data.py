@@ -43,17 +43,17 @@ def mirror_safe(text: str, lang: str) -> bool:
     return pattern is not None and pattern.search(text) is None
 
 
+def caption_entries(items: list[ManifestItem], langs: list[str]) -> list[tuple[int, str, str]]:
+    """Every (item index, lang, text) of the given items' non-empty captions, in pool order."""
+    return [(i, lang, text) for i, it in enumerate(items) for lang in langs
+            for text in it.captions.get(lang, []) if text.strip()]
+
+
 def caption_pool(
     items: list[ManifestItem], rows: list[int], langs: list[str], tok: CaptionTokenizer, max_length: int
 ) -> list[tuple[int, list[int]]]:
     """Every (feature row, token ids) pair of the given items in the given languages."""
-    pool = []
-    for it, row in zip(items, rows):
-        for lang in langs:
-            for text in it.captions.get(lang, []):
-                if text.strip():
-                    pool.append((row, tok.encode(text, lang, max_length)))
-    return pool
+    return [(rows[i], tok.encode(text, lang, max_length)) for i, lang, text in caption_entries(items, langs)]
 
 
 def epoch_units(

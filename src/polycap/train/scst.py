@@ -73,6 +73,7 @@ def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples:
     keys = [items[r].key for r in rows]
     max_new = trainer.ncfg.max_length - 1
     lang_ids = torch.full((len(rows),), tok.lang_id(lang))
+    concepts = trainer.row_concept_input(rows, lang) if hasattr(trainer, "row_concept_input") else None
     model.eval()  # no dropout: the sampled policy and the trained one are the same
     cap = trainer.captioner()
 
@@ -81,20 +82,21 @@ def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples:
 
     with torch.no_grad():
         if mode == "beam":
-            sampled = model.generate(feats, lang_ids, max_new_tokens=max_new, num_beams=samples,
+            sampled = model.generate(feats, lang_ids, concepts=concepts, max_new_tokens=max_new, num_beams=samples,
                                      num_return_sequences=samples, do_sample=False)
         else:
-            sampled = model.generate(feats, lang_ids, max_new_tokens=max_new, do_sample=True, top_k=0,
-                                     num_return_sequences=samples)
+            sampled = model.generate(feats, lang_ids, concepts=concepts, max_new_tokens=max_new, do_sample=True,
+                                     top_k=0, num_return_sequences=samples)
         s_mask = cap._mask(sampled)
         r = torch.tensor(reward(texts(sampled, s_mask), [k for k in keys for _ in range(samples)]))
         if baseline == "mean":
             base = leave_one_out_baseline(r, samples)
         else:
-            greedy = model.generate(feats, lang_ids, max_new_tokens=max_new, num_beams=1, do_sample=False)
+            greedy = model.generate(feats, lang_ids, concepts=concepts, max_new_tokens=max_new, num_beams=1,
+                                    do_sample=False)
             base = torch.tensor(reward(texts(greedy, cap._mask(greedy)), keys)).repeat_interleave(samples)
     adv = r - base  # (I*K,)
-    memory = model.memory(feats).repeat_interleave(samples, dim=0)
+    memory = model.memory(feats, concepts).repeat_interleave(samples, dim=0)
     logits = model.decoder(input_ids=sampled, attention_mask=s_mask, encoder_hidden_states=memory).logits
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, sampled[:, 1:, None]).squeeze(-1)
     m = s_mask[:, 1:].float()

@@ -30,7 +30,16 @@ from polycap.data.manifest import ManifestItem, read_manifest
 from polycap.errors import PolycapError
 from polycap.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from polycap.train.config import TrainConfig
-from polycap.train.data import SIDE_WORDS, caption_pool, collate, epoch_batches, epoch_units, mirror_safe, mirror_units
+from polycap.train.data import (
+    SIDE_WORDS,
+    caption_entries,
+    caption_pool,
+    collate,
+    epoch_batches,
+    epoch_units,
+    mirror_safe,
+    mirror_units,
+)
 from polycap.types import GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -72,8 +81,10 @@ class Trainer:
         self.val_split = load_split(cfg, cache, cfg.data.val_split, progress)
         self.langs = cfg.data.langs or sorted({k for it in self.train_split.items for k in it.captions})
         self._build_model()
+        self._init_weights()
         self.ema = self._make_ema()
         self._setup_mirroring()
+        self._setup_concepts()
 
     # ---- what differs between architectures (ClipCapTrainer overrides these) -------------------
     def _build_encoder(self) -> Any:
@@ -82,7 +93,7 @@ class Trainer:
     def _extraction_encoder(self) -> Any:
         """What computes the features the cache lacks: the encoder, on onnxruntime when
         ``data.runtime`` allows (same cache keys; see ``polycap.export.onnx.fast_encoder``)."""
-        from polycap.export.onnx import fast_encoder
+        from polycap.runtime.onnx import fast_encoder
 
         return fast_encoder(self.encoder, self.cfg.data.runtime)
 
@@ -98,6 +109,12 @@ class Trainer:
 
     def _tokenizer(self) -> CaptionTokenizer:
         path = self.out / "tokenizer.json"
+        init = self.cfg.train.init
+        if init and not path.is_file():  # a warm start keeps the ids its weights were trained with
+            source = Path(init).expanduser() / "tokenizer.json"
+            if not source.is_file():
+                raise PolycapError(f"train.init: {source} not found")
+            shutil.copyfile(source, path)
         if path.is_file():  # resuming: the ids must not change
             return CaptionTokenizer.load(self.out, self.langs)
         texts = (c for it in self.train_split.items for lang in self.langs for c in it.captions.get(lang, []))
@@ -111,8 +128,50 @@ class Trainer:
         return NativeConfig(
             name=m.name, arch=m.arch, languages=list(self.langs), encoder=dict(m.encoder), encoder_dim=int(c),
             grid_positions=int(n), d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head, dropout=m.dropout,
-            max_length=m.max_length, vocab_size=self.tok.vocab_size,
+            max_length=m.max_length, vocab_size=self.tok.vocab_size, concept_slots=m.concept_slots,
+            concept_pieces=m.concept_pieces, concepts=dict(m.concepts),
         )
+
+    def _init_weights(self) -> None:
+        """``train.init``: start from a model folder's weights; only the concept path may be new."""
+        init = self.cfg.train.init
+        if not init:
+            return
+        from safetensors.torch import load_file
+
+        path = Path(init).expanduser() / "model.safetensors"
+        if not path.is_file():
+            raise PolycapError(f"train.init: {path} not found")
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "decoder.lm_head.weight" and not k.startswith("concept_")]
+        if missing or unexpected:
+            raise PolycapError(f"train.init {path}: does not fit model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+        self.model.decoder.tie_weights()
+        log.warning("weights from %s", path)
+
+    def _setup_concepts(self) -> None:
+        """``model.concept_slots``: recognise every cached row's concepts once, with the encoder's
+        own classifier; find the captions that substitution may swap (train/concepts.py)."""
+        self.concepts = self.concept_head = None
+        if not getattr(getattr(self, "ncfg", None), "concept_slots", 0):
+            return
+        from polycap.backends.native.concepts import ConceptHead, ConceptSettings
+        from polycap.data.concepts import load_concepts
+        from polycap.train.concepts import TrainConcepts
+
+        table = load_concepts()
+        self.concept_head = ConceptHead.from_encoder(self.encoder, table.class_concept_indices(), len(table))
+        settings = ConceptSettings.from_dict(self.ncfg.concepts)
+        self.concepts = TrainConcepts(self.concept_head, table, self.tok, list(self.langs), self.ncfg.concept_slots,
+                                      self.ncfg.concept_pieces, settings.min_prob)
+        self.row_concepts = self.concepts.recognise(self.train_features)
+        if self.cfg.train.substitute > 0:
+            texts = [(lang, text) for _, lang, text in caption_entries(self.train_split.items, self.langs)]
+            self.concepts.find_swappable(texts)
+            log.warning("concepts: %d of %d training captions name a concept (substitution %.2f)",
+                        len(self.concepts.swappable), len(texts), self.cfg.train.substitute)
 
     def _encode_caption(self, text: str, lang: str) -> list[int]:
         """A caption's training token ids, as in ``self.pool``."""
@@ -170,7 +229,10 @@ class Trainer:
         """
         t = self.cfg.train
         w = t.bucket_window if window is None else window
-        units = epoch_units(self.pool, PER_IMAGE, seed, by_length=w > 0)
+        pool = self.pool
+        if self.concepts is not None:
+            pool = self.concepts.epoch_pool(pool, t.substitute, seed + 2, self._encode_caption)
+        units = epoch_units(pool, PER_IMAGE, seed, by_length=w > 0)
         if self.mirror_offset:
             units = mirror_units(units, self.mirror_unsafe_ids, seed + 1)
         return epoch_batches(units, max(1, t.batch_size // PER_IMAGE), w, seed)
@@ -298,8 +360,10 @@ class Trainer:
                     return None
                 rows, owner, ids, mask = collate(batches[i], self.pad_id, self.mirror_offset)
                 feats = self.train_features[rows].float()
+                concepts = self.batch_concepts(batches[i])
                 with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=t.bf16):
-                    loss = self.model(feats, ids, mask, owner=owner, label_smoothing=t.label_smoothing)
+                    extra = {"concepts": concepts} if concepts is not None else {}
+                    loss = self.model(feats, ids, mask, owner=owner, label_smoothing=t.label_smoothing, **extra)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -315,11 +379,28 @@ class Trainer:
                     save_checkpoint(ckpt, self.model, opt, sched, state, self.ema)
         return total / max(1, count)
 
+    def batch_concepts(self, units) -> Any:
+        """The concepts fed with a batch's captions (in collate's order), or None without the path."""
+        if self.concepts is None:
+            return None
+        return self.concepts.batch_input([
+            (ids, self.row_concepts[u.row + (self.mirror_offset if u.mirrored else 0)])
+            for u in units for ids in u.captions
+        ])
+
+    def row_concept_input(self, rows: list[int], lang: str) -> Any:
+        """The true concepts of plain training rows in ``lang`` (SCST), or None without the path."""
+        if self.concepts is None:
+            return None
+        lang_id = self.tok.lang_id(lang)
+        return self.concepts.batch_input([([lang_id], self.row_concepts[r]) for r in rows])
+
     def val_max_tokens(self) -> int:
         return self.ncfg.max_length - 1
 
     def captioner(self) -> NativeCaptioner:
-        return NativeCaptioner(self.ncfg, self.model, None, self.tok, "cpu")
+        return NativeCaptioner(self.ncfg, self.model, None, self.tok, "cpu",
+                               concept_head=getattr(self, "concept_head", None))
 
     def validate(self) -> dict[str, dict[str, float]]:
         """Greedy (or val_beams) captions of the first val_limit val images, scored per language."""

@@ -9,15 +9,19 @@ from typing import Any
 import torch
 
 from polycap.backends.base import Capabilities
+from polycap.backends.encoders import build_encoder
 from polycap.backends.feature_captioner import FeatureCaptioner
 from polycap.backends.native.concepts import (
     ConceptBias,
     ConceptHead,
+    ConceptInput,
     ConceptSettings,
     Target,
+    concept_input,
     concept_phrases,
     confident,
     inner_tokens,
+    name_pieces,
 )
 from polycap.backends.native.config import NativeConfig
 from polycap.backends.native.model import CaptionModel, mean_token_logprob
@@ -29,24 +33,6 @@ from polycap.types import Alternative, Caption, GenerationOptions
 log = logging.getLogger(__name__)
 
 
-def build_encoder(spec: dict[str, Any], inference: bool = False) -> torch.nn.Module:
-    """Encoders by name; weights come from installed packages, never from a download.
-
-    ``inference=True`` returns the faster BN-folded channels-last EfficientNet (same function).
-    """
-    name = spec.get("name")
-    if name == "tiny-conv":
-        from polycap.backends.native.tiny import TinyConvEncoder
-
-        return TinyConvEncoder(spec.get("dim", 16), spec.get("seed", 0))
-    if name == "efficientnet-lite2":
-        from polycap.backends.native.encoder import EfficientNetLite2Encoder
-
-        enc = EfficientNetLite2Encoder.from_pretrained()
-        return enc.fuse_for_inference() if inference else enc
-    raise PolycapError(f"unknown encoder {name!r}; known: efficientnet-lite2, tiny-conv")
-
-
 class NativeCaptioner(FeatureCaptioner):
     def __init__(
         self,
@@ -55,7 +41,10 @@ class NativeCaptioner(FeatureCaptioner):
         encoder: torch.nn.Module | None,
         tokenizer: CaptionTokenizer,
         device: str = "cpu",
+        concept_head: ConceptHead | None = None,
     ):
+        """``concept_head``: what recognises concepts in a feature grid when there is no ``encoder``
+        to take it from (training validates on cached features)."""
         super().__init__(
             cfg.name,
             Capabilities(languages=tuple(cfg.languages), beam_search=True, sampling=True),
@@ -69,43 +58,73 @@ class NativeCaptioner(FeatureCaptioner):
         self.default_options()  # a bad ``generation`` entry fails at load, naming the option
         self.runtime = "torch"
         self._generator: torch.nn.Module | None = None  # the decoder generate() runs; None: self.model's
-        self._concept_head: ConceptHead | None = None
+        self._concept_head: ConceptHead | None = concept_head
+        self._concept_table = None
         self._inner: torch.Tensor | None = None
         self._phrases: dict[str, list] = {}  # lang -> per concept (steered, also named) phrases
+        self._names: dict[str, list] = {}  # lang -> per concept the token ids fed as its name
         self.set_concepts(cfg.concepts)
 
     def set_concepts(self, settings: dict[str, Any] | str | None) -> NativeCaptioner:
-        """How the encoder's recognised concepts steer decoding: a ``ConceptSettings`` dict, or just
-        its mode (``"off"``, ``"bias"``). ``bias`` needs an encoder with an ImageNet classifier."""
+        """How the encoder's recognised concepts reach the caption: a ``ConceptSettings`` dict, or
+        just its mode (``"off"``, ``"tokens"``, ``"bias"``, ``"tokens+bias"``). Any mode but ``off``
+        needs an encoder with an ImageNet classifier; ``tokens`` a model trained with concept slots."""
         if isinstance(settings, str):
             settings = {**self.cfg.concepts, "mode": settings}
-        self.concepts = ConceptSettings.from_dict(settings)
-        if self.concepts.mode != "off" and self._concept_head is None and self.encoder is not None:
+        concepts = ConceptSettings.from_dict(settings)
+        if concepts.feeds and not self.cfg.concept_slots:
+            raise PolycapError(
+                f"{self.name} was trained without concept tokens: concepts mode {concepts.mode!r} needs a model "
+                "with concept_slots (use 'bias' or 'off')"
+            )
+        self.concepts = concepts
+        if concepts.mode != "off" and self._concept_table is None:
             from polycap.data.concepts import load_concepts
 
-            table = load_concepts()
-            self._concept_table = table
+            self._concept_table = load_concepts()
+        if concepts.mode != "off" and self._concept_head is None and self.encoder is not None:
+            table = self._concept_table
             self._concept_head = ConceptHead.from_encoder(
                 self.encoder, table.class_concept_indices(), len(table)
             ).to(self.device)
         return self
 
-    def _concept_processor(self, features: torch.Tensor, lang: str) -> tuple[ConceptBias | None, list[list]]:
-        """The bias for these images in ``lang`` and each image's (concept id, probability) pairs."""
+    def concept_names(self, lang: str) -> list[tuple[int, ...]]:
+        """Per concept, the token ids this model is fed as its name in ``lang`` (cached)."""
+        if lang not in self._names:
+            if self._concept_table is None:
+                from polycap.data.concepts import load_concepts
+
+                self._concept_table = load_concepts()
+            self._names[lang] = name_pieces(self._concept_table, lang, self.tokenizer.tok, self.cfg.concept_pieces)
+        return self._names[lang]
+
+    def _concept_processor(
+        self, features: torch.Tensor, lang: str
+    ) -> tuple[ConceptBias | None, ConceptInput | None, list[list]]:
+        """For these images in ``lang``: the bias (or None), the concepts fed to the decoder (or
+        None), and each image's (concept id, probability) pairs."""
+        n = features.shape[0]
         if self.concepts.mode == "off" or self._concept_head is None:
-            return None, [[] for _ in range(features.shape[0])]
+            return None, None, [[] for _ in range(n)]
         s = self.concepts
         chosen = confident(self._concept_head(features), s.min_prob, s.max_concepts)
+        ids = self._concept_table.ids
+        named = [[(ids[i], round(p, 4)) for i, p in row] for row in chosen]
+        fed = None
+        if s.feeds:
+            names = self.concept_names(lang)
+            fed = concept_input(chosen, [names] * n, self.cfg.concept_slots, self.cfg.concept_pieces).to(self.device)
+        if not s.biases:
+            return None, fed, named
         if lang not in self._phrases:
             self._phrases[lang] = concept_phrases(self._concept_table, lang, self.tokenizer.tok)
         phrases = self._phrases[lang]
         targets = [[Target(phrases[i][0], s.bias * p, phrases[i][1]) for i, p in row if phrases[i][0]]
                    for row in chosen]
-        ids = self._concept_table.ids
-        named = [[(ids[i], round(p, 4)) for i, p in row] for row in chosen]
         if self._inner is None:
             self._inner = inner_tokens(self.tokenizer.tok).to(self.device)
-        return ConceptBias(targets, s.continue_bias, self._inner), named
+        return ConceptBias(targets, s.continue_bias, self._inner), fed, named
 
     def use_runtime(self, runtime: str | None = "auto") -> NativeCaptioner:
         """Run the encoder and the generation steps with ``torch`` or ``onnx`` (onnxruntime, CPU only);
@@ -117,7 +136,7 @@ class NativeCaptioner(FeatureCaptioner):
         encoder does not reproduce the torch one (``OnnxEncoder.check``), stays on torch; each export
         is checked once per onnxruntime version.
         """
-        from polycap.export import onnx as ox
+        from polycap.runtime import onnx as ox
 
         requested = ox.requested_runtime(runtime)
         chosen = ox.resolve_runtime(requested, self.device)
@@ -215,7 +234,7 @@ class NativeCaptioner(FeatureCaptioner):
         kw = generate_kwargs(options)
         kw["max_new_tokens"] = min(kw["max_new_tokens"], self.cfg.max_length - 1)
         kw["min_new_tokens"] = min(kw["min_new_tokens"], kw["max_new_tokens"])
-        bias, named = self._concept_processor(features, options.lang)
+        bias, fed, named = self._concept_processor(features, options.lang)
         if bias is not None:
             from transformers import LogitsProcessorList
 
@@ -224,16 +243,17 @@ class NativeCaptioner(FeatureCaptioner):
         if options.num_beams == 1:
             # Greedy and sampling: score from generate's own raw logits, no second decoder pass.
             out = self.model.generate(
-                features, lang_ids, decoder=self._generator, return_dict_in_generate=True, output_logits=True, **kw
+                features, lang_ids, decoder=self._generator, concepts=fed, return_dict_in_generate=True,
+                output_logits=True, **kw
             )
             seqs = out.sequences  # (n*k, T)
             mask = self._mask(seqs)
             scores = mean_token_logprob(torch.stack(out.logits, 1), seqs, mask).tolist()  # logits (B, T-1, V)
         else:
             # Beam search reorders beams between steps, so re-score the finished sequences.
-            seqs = self.model.generate(features, lang_ids, decoder=self._generator, **kw)  # (n*k, T)
+            seqs = self.model.generate(features, lang_ids, decoder=self._generator, concepts=fed, **kw)  # (n*k, T)
             mask = self._mask(seqs)
-            memory = self.model.memory(features).repeat_interleave(k, dim=0)
+            memory = self.model.memory(features, fed).repeat_interleave(k, dim=0)
             scores = self.model.token_logprobs(memory, seqs, mask).tolist()
         texts = [self.tokenizer.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(seqs, mask)]
         out = []

@@ -5,9 +5,16 @@ very features the decoder attends to, so recognising costs one small matmul. Its
 probabilities are summed into basic-level concepts (every cat breed -> "cat"; the concept table in
 ``polycap.data.concepts``), and the confident ones are offered to ``generate()``.
 
-``ConceptBias`` is the decode-time design: a ``LogitsProcessor`` that raises the logits of a confident
-concept's words (in the caption's language) until the caption names it, and pushes a word the
-caption has begun to its end. Decoding stays transformers' ``generate()``; only the logits move.
+Two designs, which a model's ``concepts`` settings choose between (``mode``):
+
+- ``tokens`` (trained): each confident concept's name in the caption's language, as the decoder's
+  own token embeddings, joins the image grid in the decoder's memory (as OSCAR/VinVL feed object
+  tags); the decoder learned to copy them (``ConceptInput``; the training side substitutes caption
+  words and concepts together so that it trusts the concept, ``polycap.data.substitute``).
+- ``bias`` (decode-time, no training): a ``LogitsProcessor`` that raises the logits of a confident
+  concept's words until the caption names it, and pushes a word the caption has begun to its end.
+
+Decoding stays transformers' ``generate()`` in both.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from polycap.errors import PolycapError
 class ConceptSettings:
     """How concepts steer decoding (the ``concepts`` field of a model's config.json)."""
 
-    mode: str = "off"  # "off", or "bias": ConceptBias under generate()
+    mode: str = "off"  # "off", "tokens" (the trained concept memory), "bias" (ConceptBias) or "tokens+bias"
     min_prob: float = 0.5  # a concept below this is never offered: say less when unsure
     max_concepts: int = 2  # per image, the most probable first
     bias: float = 6.0  # logit bonus at probability 1 (scaled by the probability)
@@ -38,11 +45,24 @@ class ConceptSettings:
         if unknown:
             raise PolycapError(f"unknown concepts settings: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         settings = cls(**data)
-        if settings.mode not in ("off", "bias"):
-            raise PolycapError(f"concepts.mode must be 'off' or 'bias', got {settings.mode!r}")
+        if settings.mode not in MODES:
+            raise PolycapError(f"concepts.mode must be one of {', '.join(MODES)}; got {settings.mode!r}")
         if not 0 < settings.min_prob <= 1:
             raise PolycapError(f"concepts.min_prob must be in (0, 1], got {settings.min_prob!r}")
         return settings
+
+    @property
+    def feeds(self) -> bool:
+        """Whether concept tokens join the decoder's memory."""
+        return self.mode in ("tokens", "tokens+bias")
+
+    @property
+    def biases(self) -> bool:
+        """Whether ``ConceptBias`` steers decoding."""
+        return self.mode in ("bias", "tokens+bias")
+
+
+MODES = ("off", "tokens", "bias", "tokens+bias")
 
 
 class ConceptHead(torch.nn.Module):
@@ -80,6 +100,59 @@ def confident(probs: torch.Tensor, min_prob: float, max_concepts: int) -> list[l
         [(i, p) for i, p in zip(row_i.tolist(), row_v.tolist(), strict=True) if p >= min_prob]
         for row_i, row_v in zip(indices, values, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class ConceptInput:
+    """The concepts fed to the decoder for a batch: ``ids`` (B, S, P) token ids of each slot's name
+    (-1 = empty: no concept in that slot, or past the end of the name), ``probs`` (B, S)."""
+
+    ids: torch.Tensor
+    probs: torch.Tensor
+
+    def __getitem__(self, index) -> ConceptInput:
+        return ConceptInput(self.ids[index], self.probs[index])
+
+    def repeat_interleave(self, k: int) -> ConceptInput:
+        return ConceptInput(self.ids.repeat_interleave(k, dim=0), self.probs.repeat_interleave(k, dim=0))
+
+    def to(self, device) -> ConceptInput:
+        return ConceptInput(self.ids.to(device), self.probs.to(device))
+
+
+def name_pieces(table, lang: str, tokenizer, pieces: int) -> list[tuple[int, ...]]:
+    """Per concept of ``table``, the token ids of its name fed to the decoder in ``lang`` (at most
+    ``pieces``): the singular, after its indefinite article where the article carries gender
+    (de ``eine katze``, fr ``un chat``), lower-cased as captions are; () without a name in ``lang``."""
+    out = []
+    for concept in table:
+        entry = concept.names.get(lang)
+        if entry is None:
+            out.append(())
+            continue
+        text = f"{entry.article} {entry.sg}" if lang in ("de", "fr") and entry.article else entry.sg
+        out.append(tuple(tokenizer.encode(text.lower(), add_special_tokens=False).ids[:pieces]))
+    return out
+
+
+def concept_input(
+    chosen: list[list[tuple[int, float]]], names: list[list[tuple[int, ...]]], slots: int, pieces: int
+) -> ConceptInput:
+    """Row i feeds ``chosen[i]`` ((concept index, probability) pairs, best first) named with
+    ``names[i]`` (``name_pieces`` of row i's language); a concept without a name there is skipped,
+    and at most ``slots`` are fed."""
+    ids = torch.full((len(chosen), slots, pieces), -1, dtype=torch.long)
+    probs = torch.zeros(len(chosen), slots)
+    for i, (row, row_names) in enumerate(zip(chosen, names, strict=True)):
+        s = 0
+        for index, p in row:
+            name = row_names[index][:pieces]
+            if not name or s == slots:
+                continue
+            ids[i, s, : len(name)] = torch.tensor(name)
+            probs[i, s] = p
+            s += 1
+    return ConceptInput(ids, probs)
 
 
 Phrase = tuple[int, ...]  # token ids of one way to say a concept ("eine katze", "katze", "katzen")

@@ -26,6 +26,8 @@ class NativeConfig(JsonConfig):
     vocab_size: int = 8000
     generation: dict[str, Any] = field(default_factory=dict)  # default GenerationOptions overrides
     concepts: dict[str, Any] = field(default_factory=dict)  # ConceptSettings (concepts.py); {} = off
+    concept_slots: int = 0  # concepts the decoder's memory holds (0: a model without the concept path)
+    concept_pieces: int = 6  # tokens of each concept's name
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NativeConfig:
