@@ -303,6 +303,69 @@ def test_polycap_score_reads_batch_records(tmp_path, tiny, monkeypatch):
         assert (r["n_images"], r["n_missing"], r["n_errors"]) == (4, 1, errors)
 
 
+def test_polycap_score_reads_the_coco_results_of_a_batch_job(flickr8k, tmp_path, capsys, monkeypatch):
+    from polycap.data.manifest import read_manifest
+    from polycap.eval.evaluate import load_predictions
+
+    monkeypatch.chdir(tmp_path)
+    lines = [json.loads(x) for x in (flickr8k / "captions.jsonl").open(encoding="utf-8")]
+    val = [x for x in lines if x["split"] == "val" and "de" in x["captions"]][:4]
+    (tmp_path / "imgs").mkdir()
+    with Path("m.jsonl").open("w", encoding="utf-8") as f:
+        for x in val:
+            shutil.copy(flickr8k / x["image"], tmp_path / "imgs")
+            f.write(json.dumps({**x, "image": f"imgs/{Path(x['image']).name}"}, ensure_ascii=False) + "\n")
+    args = ["batch", str(tmp_path / "imgs"), "-m", TINY, "--device", "cpu", "-l", "en,de", "-o", "out.jsonl",
+            "--coco", "coco.json", "-q"]  # fmt: skip; over the folder: ids are absolute paths
+    assert main(args) == 0
+    capsys.readouterr()
+    items = read_manifest("m.jsonl")
+    want, _ = load_predictions("out.jsonl", items)
+    assert len(want["en"]) == len(want["de"]) == 4
+    for lang in ("en", "de"):
+        assert load_predictions(f"coco.{lang}.json", items, [lang]) == ({lang: want[lang]}, {})
+    Path("coco.json.state.jsonl").rename("journal.jsonl")  # without the job's journal: text ids name the files
+    assert load_predictions("coco.en.json", items, ["en"]) == ({"en": want["en"]}, {})
+    reports = {}
+    for preds in ("out.jsonl", "coco.en.json"):
+        assert main(["score", "--data", "m.jsonl", "--preds", preds, "--lang", "en", "--out", "r.json"]) == 0
+        reports[preds] = json.loads(Path("r.json").read_text())["languages"]["en"]
+    assert reports["coco.en.json"]["n_images"] == 4
+    assert reports["coco.en.json"]["metrics"] == reports["out.jsonl"]["metrics"]
+    capsys.readouterr()
+    for lang_args in ([], ["--lang", "en,de"]):  # COCO results carry no language
+        assert main(["score", "--data", "m.jsonl", "--preds", "coco.en.json", *lang_args]) == 2
+        assert "pass --lang" in capsys.readouterr().err
+
+
+def test_coco_results_with_numbers_for_ids_map_back_to_the_manifest(tmp_path, tiny):
+    from polycap.data.manifest import read_manifest
+    from polycap.errors import OptionError, PolycapError
+    from polycap.eval.evaluate import load_predictions
+
+    for name in ("a/7.png", "a/42.png", "b/7.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (30, 20), (len(name) * 20, 80, 9)).save(tmp_path / name)
+    (tmp_path / "a" / "9.png").write_bytes(b"")  # fails: no COCO result, a failed entry in the journal
+    run_job(job(tmp_path, [tmp_path / "a"], langs=["en"], jsonl=tmp_path / "o.jsonl", coco=tmp_path / "c.json"), tiny)
+    assert sorted(r["image_id"] for r in json.loads((tmp_path / "c.json").read_text())) == [7, 42]
+    caps = {Path(r["id"]).name: r["caption"] for r in read_records(tmp_path / "o.jsonl")}
+    rows = [{"image": k, "split": "val", "captions": {"en": ["a thing"]}} for k in ("a/7.png", "a/42.png", "a/9.png")]
+    both = tmp_path / "both.jsonl"
+    both.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {**rows[0], "image": "b/7.png"}]))
+    want = {"en": {"a/7.png": caps["7.png"], "a/42.png": caps["42.png"]}}
+    # the journal beside the file names each result's image, even where the numbers alone cannot
+    assert load_predictions(tmp_path / "c.json", read_manifest(both), ["en"]) == (want, {"en": 1})
+    (tmp_path / "c.json.state.jsonl").unlink()
+    with pytest.raises(PolycapError, match="image_id 7 fits several manifest images"):
+        load_predictions(tmp_path / "c.json", read_manifest(both), ["en"])
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_predictions(tmp_path / "c.json", read_manifest(one), ["en"]) == (want, {})
+    with pytest.raises(OptionError, match="pass --lang"):
+        load_predictions(tmp_path / "c.json", read_manifest(one))
+
+
 # ---- sidecars --------------------------------------------------------------------------------
 
 

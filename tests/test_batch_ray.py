@@ -53,7 +53,8 @@ def _content(recs):
 def _cfg(photos: Path, out: Path, **kw) -> JobConfig:
     kw.setdefault("jsonl", out / "jsonl")
     kw.setdefault("parquet", out / "pq")
-    return JobConfig(inputs=[str(photos)], model=TINY, device="cpu", langs=["en", "de"], progress="off", **kw)
+    kw.setdefault("langs", ["en", "de"])
+    return JobConfig(inputs=[str(photos)], model=TINY, device="cpu", progress="off", **kw)
 
 
 def _coco(path: Path) -> list:
@@ -142,6 +143,57 @@ def test_rerun_after_an_interrupted_run_skips_finished_shards(photos, tmp_path, 
     # an output added to a finished job is written from the shard records: nothing is captioned again
     coco = run_ray_job(_cfg(photos, tmp_path, coco=tmp_path / "c.json"), actors=1, shard_size=4)
     assert coco.captioned == 0 and len(json.loads((tmp_path / "c.en.json").read_text())) == 10
+
+
+def test_existing_skip_images_are_not_captioned_on_ray(photos, tmp_path, monkeypatch):
+    import polycap.batch.engine
+
+    def no_model(cfg):
+        raise AssertionError("the driver loaded a model")
+
+    monkeypatch.setattr(polycap.batch.engine, "load_captioner", no_model)  # the actors load theirs
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    mine = [0, 1, 2, 3, 5]  # all of shard 0 (p00-p03) and p05 of shard 1 have the user's own caption
+    for i in mine:
+        (folder / f"p{i:02d}.txt").write_text("mine")
+    cfg = _cfg(folder, tmp_path, jsonl=None, parquet=None, langs=["en"], sidecar=SidecarSpec())
+    s = run_ray_job(cfg, actors=1, shard_size=4)
+    assert (s.captioned, s.failed, s.existing, s.total) == (5, 1, 5, 11)
+    records = folder / ".polycap-batch" / "ray-records"
+    names = sorted(Path(r["id"]).name for r in read_ray_records(records))
+    assert names == ["p04.png", "p06.png", "p07.png", "p08.png", "p09.png", "zero.png"]
+    assert read_records(records / "shard-00000.jsonl") == []  # nothing to caption: finished on the driver
+    assert all((folder / f"p{i:02d}.txt").read_text() == "mine" for i in mine)
+    untouched = (records / "shard-00002.jsonl").stat().st_mtime_ns
+
+    (folder / "p05.txt").unlink()  # the user wants a caption for p05 after all: only it is captioned
+    again = run_ray_job(cfg, actors=1, shard_size=4)
+    assert (again.captioned, again.existing, again.already_done, again.failed_before) == (1, 4, 5, 1)
+    p05 = next(r["caption"] for r in read_records(records / "shard-00001.jsonl") if r["id"].endswith("p05.png"))
+    assert (folder / "p05.txt").read_text() == p05
+    assert (records / "shard-00002.jsonl").stat().st_mtime_ns == untouched
+    # an output added later needs the images the sidecars passed over; the user's captions stay
+    coco = run_ray_job(JobConfig(**{**cfg.__dict__, "coco": tmp_path / "c.json"}), actors=1, shard_size=4)
+    assert (coco.captioned, coco.existing) == (4, 0) and len(json.loads((tmp_path / "c.json").read_text())) == 10
+    assert all((folder / f"p{i:02d}.txt").read_text() == "mine" for i in mine[:4])
+
+
+def test_summary_is_exact_when_a_driver_output_fails_in_a_half_done_shard(photos, tmp_path, tiny):
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    cfg = _cfg(folder, tmp_path, parquet=None, langs=["en"], sidecar=SidecarSpec(existing="overwrite"))
+    shards = plan_shards(cfg, shard_size=4)
+    (tmp_path / "jsonl").mkdir()
+    partial = tmp_path / "jsonl" / ".shard-00001.partial.jsonl"  # a killed run had done p04 and p05 of shard 1
+    run_job(JobConfig(**{**cfg.__dict__, "inputs": shards[1]["inputs"][:2], "sidecar": None, "jsonl": partial}), tiny)
+    (folder / "p05.txt").mkdir()  # a folder in the way: p05's sidecar cannot be written
+    s = run_ray_job(cfg, actors=1, shard_size=4)
+    # p05 was done before (by the shard's journal) and fails now; it is not taken off the captioned
+    assert (s.captioned, s.already_done, s.failed, s.total) == (8, 1, 2, 11)
+    assert any("cannot write the sidecar" in e for _, e in s.examples)
+    again = run_ray_job(cfg, actors=1, shard_size=4)
+    assert (again.captioned, again.already_done, again.failed_before, again.failed) == (0, 9, 2, 0)
 
 
 def test_a_changed_folder_does_not_trust_old_markers(photos, tmp_path, tiny):

@@ -14,11 +14,12 @@ from __future__ import annotations
 import base64
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from polycap.types import Caption
 
-__all__ = ["error_line", "escape_text", "name_bytes", "record"]
+__all__ = ["coco_image_id", "coco_state_path", "error_line", "escape_text", "name_bytes", "record"]
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -79,3 +80,19 @@ def error_line(c: Caption) -> str:
     if source and error.startswith(f"{source}: "):
         error = error[len(source) + 2 :]
     return f"error: {escape_text(source, controls=True)}: {escape_text(error, controls=True)}"
+
+
+def coco_image_id(image_id: str) -> int | str:
+    """COCO ids are numbers: ``COCO_val2014_000000391895.jpg`` -> 391895; other names stay text.
+
+    ``polycap batch --coco`` writes its results with these ids; ``polycap score`` maps them back.
+    """
+    stem = Path(image_id).stem
+    m = re.search(r"(\d+)$", stem)
+    return int(m.group(1)) if m and (stem.isdigit() or stem.startswith("COCO_")) else image_id
+
+
+def coco_state_path(results: Path) -> Path:
+    """The journal ``polycap batch --coco FILE.json`` keeps beside its results: ``FILE.json.state.jsonl``
+    (one entry per image and language: the record ``id``, ``lang``, ``caption``, ``error``)."""
+    return results.with_name(results.name + ".state.jsonl")

@@ -90,14 +90,15 @@ def expand_inputs(names: list[str]) -> list[str]:
     return out
 
 
-def iter_items(spec: InputSpec) -> Iterator[Item]:
-    """Every item of every input, in input order."""
+def iter_items(spec: InputSpec, read_data: bool = True) -> Iterator[Item]:
+    """Every item of every input, in input order; without ``read_data`` the members of tar shards
+    are passed over unread (their items' ``source`` is empty: for listing ids, not for captioning)."""
     for name in expand_inputs(spec.inputs):
         kind = kind_of(name)
         if kind == "manifest":
             yield from _manifest_items(Path(name), spec)
         elif kind == "tar":
-            yield from _tar_items(Path(name))
+            yield from _tar_items(Path(name), read_data)
         else:
             yield from _file_items(name, spec)
 
@@ -181,7 +182,7 @@ def _manifest_items(path: Path, spec: InputSpec) -> Iterator[Item]:
         yield Item(id=str(rid if rid is not None else value), path=source, source=source, shard=str(path))
 
 
-def _tar_items(path: Path) -> Iterator[Item]:
+def _tar_items(path: Path, read_data: bool = True) -> Iterator[Item]:
     """Stream a WebDataset shard: one item per key, from its first image member."""
     seen: set[str] = set()
     try:
@@ -200,7 +201,7 @@ def _tar_items(path: Path) -> Iterator[Item]:
                 if key in seen or f".{ext.rsplit('.', 1)[-1].lower()}" not in IMAGE_EXTENSIONS:
                     continue
                 seen.add(key)
-                f = tar.extractfile(member)
+                f = tar.extractfile(member) if read_data else None
                 data = f.read() if f is not None else b""
                 yield Item(id=f"{path.name}/{key}", path=f"{path}/{member.name}", source=data, shard=str(path))
         except (tarfile.TarError, OSError) as e:

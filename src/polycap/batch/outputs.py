@@ -24,6 +24,7 @@ from typing import Any
 
 from polycap.batch.inputs import Item
 from polycap.batch.state import TMP_MARK, Journal, read_jsonl, remove_stale_temps, write_atomic
+from polycap.records import coco_image_id, coco_state_path
 
 Key = tuple[str, str]  # (image id, language)
 
@@ -186,13 +187,6 @@ class ParquetOutput(Output):
         write_atomic(target, sink.getvalue().to_pybytes())
 
 
-def coco_image_id(image_id: str) -> int | str:
-    """COCO ids are numbers: ``COCO_val2014_000000391895.jpg`` -> 391895; other names stay text."""
-    stem = Path(image_id).stem
-    m = re.search(r"(\d+)$", stem)
-    return int(m.group(1)) if m and (stem.isdigit() or stem.startswith("COCO_")) else image_id
-
-
 class CocoOutput(Output):
     """COCO caption results, one JSON file per language, rebuilt from a journal at each close."""
 
@@ -201,7 +195,7 @@ class CocoOutput(Output):
     def __init__(self, path: Path, langs: list[str]):
         super().__init__()
         self.path, self.langs = path, langs
-        self.journal = Journal(path.with_name(path.name + ".state.jsonl"))
+        self.journal = Journal(coco_state_path(path))
         self.entries: list[dict[str, Any]] = []
 
     def file_for(self, lang: str) -> Path:

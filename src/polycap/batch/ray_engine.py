@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Collection
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from polycap.batch.engine import (
     failure_reason,
     registered_default_lang,
 )
-from polycap.batch.inputs import Item, expand_inputs, kind_of
+from polycap.batch.inputs import Item, expand_inputs, iter_items, kind_of
 from polycap.batch.outputs import Output, ParquetOutput, parquet_row, read_records
 from polycap.batch.state import TMP_MARK, read_jsonl, write_atomic
 from polycap.errors import OptionError
@@ -127,20 +128,34 @@ class ShardWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         names, summaries = [], []
-        for name, inputs in zip(batch["name"], batch["inputs"]):
-            summary = caption_shard(self.cfg, str(name), list(json.loads(str(inputs))), self.captioner)
+        for name, inputs, skip in zip(batch["name"], batch["inputs"], batch["skip"]):
+            shard_inputs, skip_ids = list(json.loads(str(inputs))), set(json.loads(str(skip)))
+            summary = caption_shard(self.cfg, str(name), shard_inputs, self.captioner, skip_ids)
             names.append(str(name))
             summaries.append(json.dumps(summary))
         return {"name": names, "summary": summaries}
 
 
-def caption_shard(cfg: JobConfig, name: str, inputs: list[str], captioner: Any) -> dict[str, Any]:
-    """Caption one shard exactly (resuming its journal), publish its files, then its marker."""
+def caption_shard(
+    cfg: JobConfig, name: str, inputs: list[str], captioner: Any, skip: Collection[str] = ()
+) -> dict[str, Any]:
+    """Caption one shard exactly (resuming its journal), publish its files, then its marker.
+
+    ``skip``: ids of the shard's images that no output still needs (the driver's, when the records
+    are only its transport); they are not captioned. The result is the marker's content plus
+    ``states``: {id: "already_done" | "failed_before" | "failed"} for the images handled here but not
+    captioned now (the driver keeps its summary exact with it; the marker does not hold it). With
+    ``captioner=None`` and the languages in ``cfg.langs``, the model is loaded only if an image
+    needs captioning (the driver finishes a shard with nothing to caption without one).
+    """
     dirs = _out_dirs(cfg)
     journal = _journal(dirs, name)
     shard_cfg = replace(cfg, inputs=inputs, jsonl=journal, parquet=None, coco=None, sidecar=None, xmp=None,
                         progress="off")  # fmt: skip
-    summary = Job(shard_cfg, captioner).run()
+    before = {(str(r.get("id")), r.get("lang")): bool(r.get("error")) for r in read_jsonl(journal, repair=False)}
+    skip = set(skip)
+    items = (it for it in iter_items(shard_cfg.input_spec()) if it.id not in skip) if skip else None
+    summary = Job(shard_cfg, captioner).run(items)
     recs = list(read_jsonl(journal, repair=False))
     if cfg.jsonl:
         text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in recs)
@@ -153,8 +168,35 @@ def caption_shard(cfg: JobConfig, name: str, inputs: list[str], captioner: Any) 
               "failed_items": len(failed_ids), "inputs_sha": _inputs_sha(inputs), **_counts(summary)}  # fmt: skip
     for folder in dirs:
         write_atomic(_marker(folder, name), (json.dumps(result) + "\n").encode())
-    journal.unlink()
-    return result
+    journal.unlink(missing_ok=True)  # a shard with nothing to caption has none
+    states = _states(recs, before, cfg.retry_failed)
+    return {**result, "states": {i: st for i, st in states.items() if i not in skip}}
+
+
+def _states(recs: list[dict[str, Any]], before: dict[tuple[str, Any], bool], retried: bool) -> dict[str, str]:
+    """How the local engine counted each image of a shard run that was not captioned now: records
+    already in the journal (``before``: key -> had an error) and not retried are done or failed
+    before; an image with a new record that failed is failed; the rest were captioned."""
+    new: dict[str, bool] = {}
+    old: dict[str, bool] = {}
+    for r in recs:
+        rid, error = str(r["id"]), bool(r.get("error"))
+        key = (rid, r["lang"])
+        side = new if key not in before or (retried and before[key]) else old
+        side[rid] = side.get(rid, False) or error
+    states = {rid: "failed" for rid, error in new.items() if error}
+    states.update({rid: "failed_before" if e else "already_done" for rid, e in old.items() if rid not in new})
+    return states
+
+
+def _record_states(recs: list[dict[str, Any]]) -> dict[str, str]:
+    """The counts of a finished shard's images on a rerun: failed before (a record has an error), else done."""
+    states: dict[str, str] = {}
+    for r in recs:
+        rid = str(r["id"])
+        if r.get("error") or rid not in states:
+            states[rid] = "failed_before" if r.get("error") else "already_done"
+    return states
 
 
 def _counts(s: JobSummary) -> dict[str, Any]:
@@ -188,11 +230,17 @@ def _reopen_failed(dirs: list[Path], shard: dict[str, Any]) -> bool:
     recs = read_records(_shard_file(dirs[0], shard["name"]))
     if not any(r.get("error") for r in recs):
         return False
+    _reopen(dirs, shard, recs)
+    return True
+
+
+def _reopen(dirs: list[Path], shard: dict[str, Any], recs: list[dict[str, Any]]) -> None:
+    """Turn a finished shard back into a half-done one: its records are its journal again, its
+    markers go; the next shard run captions only what the journal lacks (the local engine's resume)."""
     text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in recs)
     write_atomic(_journal(dirs, shard["name"]), text.encode("utf-8", "backslashreplace"))
     for d in dirs:
         _marker(d, shard["name"]).unlink(missing_ok=True)
-    return True
 
 
 def _shard_file(folder: Path, shard: str) -> Path:
@@ -210,28 +258,50 @@ def record_item(kind: str, rec: dict[str, Any]) -> Item:
     return Item(id=str(rec["id"]), path=path, source=source)
 
 
-def _replay(outputs: list[Output], dirs: list[Path], shard: dict[str, Any], summary: JobSummary, now: bool) -> None:
+def _replay(
+    outputs: list[Output], kind: str, recs: list[dict[str, Any]], summary: JobSummary,
+    states: dict[str, str], ignore: Collection[str] = (),
+) -> None:
     """Write a finished shard's records to the driver's outputs (each takes only what it lacks).
 
-    An item an output fails now counts as failed instead of captioned (this run's shards) or done
-    before (earlier shards); an item an output failed in an earlier run counts as failed before.
+    The summary stays exact, as the local engine counts: an image an output fails now moves from
+    the count it had (``states``: already_done, failed_before or failed; else captioned) to failed;
+    one done before whose record an output had failed in an earlier run moves to failed before.
+    ``ignore``: ids the driver counted itself (images no output needed, not run by the shard).
     """
     groups: dict[str, list[dict[str, Any]]] = {}
-    for rec in read_records(_shard_file(dirs[0], shard["name"])):
-        groups.setdefault(str(rec["id"]), []).append(rec)
-    for recs in groups.values():
-        item = record_item(shard["kind"], recs[0])
-        before = [o.status(item, r["lang"]) for o in outputs for r in recs]
-        errors = deliver(outputs, item, recs)
-        moved = bool(errors) or (not now and "failed" in before and not any(r.get("error") for r in recs))
-        if moved and now and summary.captioned > 0:
-            summary.captioned -= 1
-        elif moved and not now:
-            summary.already_done -= 1
-        if errors:
+    for rec in recs:
+        if str(rec["id"]) not in ignore:
+            groups.setdefault(str(rec["id"]), []).append(rec)
+    for rid, group in groups.items():
+        item = record_item(kind, group[0])
+        state = states.get(rid, "captioned")
+        before = [o.status(item, r["lang"]) for o in outputs for r in group]
+        errors = deliver(outputs, item, group)
+        if errors and state != "failed":
+            setattr(summary, state, getattr(summary, state) - 1)
             summary.add_failure(item.id, failure_reason(item, errors[0]), errors[0])
-        elif moved:
+        elif not errors and state == "already_done" and "failed" in before:
+            summary.already_done -= 1
             summary.failed_before += 1
+
+
+def _not_needed(outputs: list[Output], langs: list[str], cfg: JobConfig, shard: dict[str, Any]):
+    """The ids of a shard's images, and {id: its count} for those no driver output still needs in
+    any language (the local engine's rule, :meth:`Job.needs`): failed_before, existing or already_done."""
+    ids: list[str] = []
+    skip: dict[str, str] = {}
+    for item in iter_items(replace(cfg, inputs=shard["inputs"]).input_spec(), read_data=False):
+        ids.append(item.id)
+        st = [o.status(item, lang) for o in outputs for lang in langs]
+        if None not in st:
+            skip[item.id] = "failed_before" if "failed" in st else "existing" if "existing" in st else "already_done"
+    return ids, skip
+
+
+def _count(summary: JobSummary, states: Collection[str]) -> None:
+    for state in states:
+        setattr(summary, state, getattr(summary, state) + 1)
 
 
 def _finished_shards(dirs: list[Path], shards: list[dict[str, Any]], retry_failed: bool) -> dict[str, dict[str, Any]]:
@@ -279,40 +349,81 @@ def run_ray_job(
     rcfg = records_config(cfg, langs)
     dirs = _out_dirs(rcfg)
     local = build_outputs(replace(cfg, jsonl=None, parquet=None), langs) if local_wanted else []
+    # Without --out/--parquet the shard records only carry captions to the driver's outputs: an
+    # image none of them needs (--existing skip keeps a caption there) is not captioned, as locally.
+    filtering = bool(local) and cfg.jsonl is None and cfg.parquet is None
     _prepare_dirs(dirs)
     shards = plan_shards(cfg, shard_size)
-    by_name = {s["name"]: s for s in shards}
     finished = _finished_shards(dirs, shards, cfg.retry_failed)
     summary = JobSummary()
     for o in local:
         o.start(cfg.retry_failed)
     try:
-        for s in shards:
-            if (m := finished.get(s["name"])) is not None:
-                failed = m.get("failed_items", 0)
-                summary.already_done += m.get("items", m["records"] // max(1, len(langs))) - failed
-                summary.failed_before += failed
-                if local:
-                    _replay(local, dirs, s, summary, now=False)
-        todo = [s for s in shards if s["name"] not in finished]
-        if todo:
+        todo = _settle(local, langs, rcfg, dirs, shards, finished, summary, filtering)
+        for shard in [sh for sh in todo if sh["idle"]]:  # nothing to caption: no actor, no model
+            result = caption_shard(rcfg, shard["name"], shard["inputs"], None, set(shard["skip"]))
+            _finished_now(local, dirs, shard, summary, result)
+        by_name = {shard["name"]: shard for shard in todo if not shard["idle"]}
+        if by_name:
             if not ray.is_initialized():
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            rows = [{"name": s["name"], "inputs": json.dumps(s["inputs"])} for s in todo]
+            rows = [{"name": n, "inputs": json.dumps(sh["inputs"]), "skip": json.dumps(sorted(sh["skip"]))}
+                    for n, sh in by_name.items()]  # fmt: skip
             ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
                 ShardWorker, fn_constructor_args=(_plain(rcfg),), batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=num_cpus, num_gpus=num_gpus or None,
             )  # fmt: skip
             for row in ds.iter_rows():  # shards as they finish: the driver's outputs follow along
-                _add_shard(summary, json.loads(row["summary"]))
-                if local:
-                    _replay(local, dirs, by_name[str(row["name"])], summary, now=True)
+                _finished_now(local, dirs, by_name[str(row["name"])], summary, json.loads(row["summary"]))
     finally:
         for o in local:
             o.close()
-    summary.total = summary.captioned + summary.failed + summary.already_done + summary.failed_before
+    summary.total = sum((summary.captioned, summary.failed, summary.already_done, summary.failed_before,
+                         summary.existing))  # fmt: skip
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def _finished_now(
+    local: list[Output], dirs: list[Path], shard: dict[str, Any], summary: JobSummary, result: dict[str, Any]
+) -> None:
+    """A shard this run finished: add its counts, write its records to the driver's outputs."""
+    _add_shard(summary, result)
+    if local:
+        recs = read_records(_shard_file(dirs[0], shard["name"]))
+        _replay(local, shard["kind"], recs, summary, result["states"], shard["skip"])
+
+
+def _settle(
+    local: list[Output], langs: list[str], cfg: JobConfig, dirs: list[Path], shards: list[dict[str, Any]],
+    finished: dict[str, dict[str, Any]], summary: JobSummary, filtering: bool,
+) -> list[dict[str, Any]]:
+    """Count the finished shards and write their records to the driver's outputs; the shards to run,
+    each with ``"skip"`` (the ids no output needs, counted here) and ``"idle"`` (nothing to caption).
+
+    With ``filtering``, a finished shard whose records lack an image an output needs now (a user's
+    caption removed, an output added) is reopened and runs again for those images only.
+    """
+    todo: list[dict[str, Any]] = []
+    for shard in shards:
+        ids, skip = _not_needed(local, langs, cfg, shard) if filtering else ([], {})
+        marker = finished.get(shard["name"])
+        recs = read_records(_shard_file(dirs[0], shard["name"])) if marker is not None and local else []
+        have = {str(r["id"]) for r in recs}
+        if marker is not None and any(i not in skip and i not in have for i in ids):
+            _reopen(dirs, shard, recs)
+            marker = None
+        if marker is None:
+            _count(summary, skip.values())
+            todo.append({**shard, "skip": skip, "idle": filtering and all(i in skip for i in ids)})
+            continue
+        failed = marker.get("failed_items", 0)
+        summary.already_done += marker.get("items", marker["records"] // max(1, len(langs))) - failed
+        summary.failed_before += failed
+        if local:
+            _count(summary, [st for i, st in skip.items() if i not in have])
+            _replay(local, shard["kind"], recs, summary, _record_states(recs))
+    return todo
 
 
 def read_ray_records(folder: Path) -> list[dict[str, Any]]:

@@ -109,13 +109,15 @@ def evaluate_model(
     return preds, speed, errors
 
 
-def read_predictions(path: str | Path, items: Iterable[ManifestItem] | None = None) -> dict[str, dict[str, str]]:
+def read_predictions(
+    path: str | Path, items: Iterable[ManifestItem] | None = None, langs: list[str] | None = None
+) -> dict[str, dict[str, str]]:
     """Predictions as {lang: {image key: caption}}; see :func:`load_predictions`."""
-    return load_predictions(path, items)[0]
+    return load_predictions(path, items, langs)[0]
 
 
 def load_predictions(
-    path: str | Path, items: Iterable[ManifestItem] | None = None
+    path: str | Path, items: Iterable[ManifestItem] | None = None, langs: list[str] | None = None
 ) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
     """Predictions {lang: {image key: caption}} and failures {lang: count} of one system's output.
 
@@ -126,13 +128,19 @@ def load_predictions(
     ``items``, a record whose name is no manifest key but whose ``path`` (else its name) is one of
     the manifest's image files, relative to the current folder, counts for that image: records of
     a batch over the image folder, or of ``polycap caption`` on it, score too.
+
+    A COCO caption results file (``[{"image_id", "caption"}]``, what ``polycap batch --coco``
+    writes) carries no language: ``langs`` must name exactly one. See :func:`_coco_rows` for how
+    its ids are mapped back to images.
     """
     items = list(items or [])
     keys = {it.key for it in items}
     by_file = {str(it.image): it.key for it in items}
     preds: dict[str, dict[str, str]] = {}
     failed: dict[str, int] = {}
-    for where, rec in _prediction_rows(Path(path)):
+    path = Path(path)
+    rows = _coco_rows(path, items, langs) if _is_coco_results(path) else _prediction_rows(path)
+    for where, rec in rows:
         try:
             lang, name = rec["lang"], rec["image"] if "image" in rec else rec["id"]
             if not isinstance(lang, str) or not isinstance(name, str):
@@ -153,6 +161,92 @@ def _resolved(name: str) -> str:
         return str(Path(name).resolve())
     except (OSError, RuntimeError, ValueError):
         return name
+
+
+def _is_coco_results(path: Path) -> bool:
+    """A JSON file holding one list (COCO results), not JSON Lines of objects or Parquet."""
+    if not path.is_file() or path.suffix == ".parquet":
+        return False
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+def _coco_rows(path: Path, items: list[ManifestItem], langs: list[str] | None) -> Iterable[tuple[str, Any]]:
+    """(where, record) for the entries of a COCO caption results file, in the one language given.
+
+    The image of an ``image_id``: when the journal ``polycap batch --coco`` keeps beside the file
+    (``FILE.json.state.jsonl``; with several languages ``FILE.json.state.jsonl`` beside
+    ``FILE.<lang>.json``) holds exactly these results in this order, the job's own record ids (and
+    its failed images, as failures); else a text id is the image's name (a manifest key or image
+    file, as for JSON Lines), and a number is the manifest image whose name the batch writer turns
+    into that number (``COCO_val2014_000000391895.jpg`` -> 391895, ``42.jpg`` -> 42).
+    """
+    from polycap.errors import OptionError
+    from polycap.records import coco_image_id
+
+    if not langs or len(langs) != 1:
+        raise OptionError(f"{path} holds COCO caption results, which carry no language: pass --lang with the "
+                          "one language of its captions")  # fmt: skip
+    lang = langs[0]
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PolycapError(f"{path}: not a COCO results JSON file ({e})") from e
+    for n, r in enumerate(results, 1):
+        ok = isinstance(r, dict) and isinstance(r.get("image_id"), (int, str)) and isinstance(r.get("caption"), str)
+        if not ok or isinstance(r["image_id"], bool):
+            raise PolycapError(f'{path}: entry {n} is not a COCO result; need {{"image_id", "caption"}}')
+    journal = _coco_journal(path, lang, results)
+    if journal is not None:
+        for n, e in enumerate(journal, 1):
+            yield f"{path} (journal entry {n})", {"image": str(e["id"]), "lang": lang, "caption": e.get("caption"),
+                                                  "error": e.get("error")}  # fmt: skip
+        return
+    by_number: dict[int, list[str]] = {}
+    for it in items:
+        number = coco_image_id(it.key)
+        if isinstance(number, int):
+            by_number.setdefault(number, []).append(it.key)
+    for n, r in enumerate(results, 1):
+        name = r["image_id"]
+        if isinstance(name, int):
+            named = by_number.get(name, [str(name)])
+            if len(named) > 1:
+                raise PolycapError(
+                    f"{path}: entry {n}: image_id {name} fits several manifest images ({', '.join(named[:3])}); "
+                    "keep the batch job's journal beside the file (its .state.jsonl) to tell them apart"
+                )
+            name = named[0]
+        yield f"{path} entry {n}", {"image": name, "lang": lang, "caption": r["caption"]}
+
+
+def _coco_journal(path: Path, lang: str, results: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The entries in ``lang`` of the batch journal that wrote ``results``, if one beside the file
+    matches them entry for entry (a later run that was killed before rewriting the file does not)."""
+    from polycap.records import coco_image_id, coco_state_path
+
+    candidates = [coco_state_path(path)]
+    if path.stem.endswith(f".{lang}"):  # FILE.<lang>.json of a job in several languages
+        candidates.append(coco_state_path(path.with_name(path.stem[: -len(lang) - 1] + path.suffix)))
+    want = [(r["image_id"], r["caption"]) for r in results]
+    for journal in candidates:
+        try:
+            lines = journal.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        entries = []
+        for line in lines:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(e, dict) and e.get("lang") == lang and isinstance(e.get("id"), str):
+                entries.append(e)
+        got = [(coco_image_id(e["id"]), e.get("caption") or "") for e in entries if not e.get("error")]
+        if got == want:
+            return entries
+    return None
 
 
 def _prediction_rows(path: Path) -> Iterable[tuple[str, Any]]:
