@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         def decode():
             with torch.inference_mode():
-                cap.model.generate(features, lang, decoder=cap._generator, **kw)
+                cap.model.generate(features, lang, decoder=cap.generator, **kw)
 
         return {
             "encoder_b1": encode,

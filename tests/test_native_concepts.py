@@ -110,3 +110,19 @@ def test_concepts_off_is_the_plain_model(base_models):
     finally:
         steered.set_concepts("bias")
     assert a.text == b.text and a.score == pytest.approx(b.score)
+
+
+def test_cli_concepts_flag_reaches_the_model_and_bad_modes_are_usage_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from polycap.cli.app import app
+
+    photo = EXAMPLES / "cat.jpg"
+    runner = CliRunner()
+    bad = runner.invoke(app, ["caption", str(photo), "--model", "polycap-tiny-random", "--concepts", "copy"])
+    assert bad.exit_code == 2 and "concepts.mode" in bad.output
+    # the tiny model's encoder has no ImageNet classifier: a clear error, not silence
+    none = runner.invoke(app, ["caption", str(photo), "--model", "polycap-tiny-random", "--concepts", "bias"])
+    assert none.exit_code != 0 and "no ImageNet classifier" in none.output
+    for command in (["eval", "--help"], ["batch", "--help"], ["caption", "--help"]):
+        assert "--concepts" in runner.invoke(app, command).output

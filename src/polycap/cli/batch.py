@@ -66,6 +66,7 @@ def batch_cmd(
     no_cache: bool = F.NO_CACHE,
     max_side: int | None = F.MAX_SIDE,
     dtype: str | None = F.DTYPE,
+    concepts: str | None = F.CONCEPTS,
     batch_size: int = F.BATCH_SIZE,
     max_pixels: int | None = F.MAX_PIXELS,
     device: str = F.DEVICE,
@@ -80,6 +81,7 @@ def batch_cmd(
         name, extra = F.model_load_kwargs(
             model, langs, prompt=prompt, prompt_file=prompt_file, base_url=base_url, no_cache=no_cache,
             max_side=max_side, rewriter=rewriter, translator=translator, dtype=dtype,
+            concepts=concepts,
         )  # fmt: skip
         options = dict(generation or {})
         wants_sidecar = sidecar or sidecar_dir is not None

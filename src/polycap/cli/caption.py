@@ -37,6 +37,7 @@ def caption_cmd(
     no_cache: bool = F.NO_CACHE,
     max_side: int | None = F.MAX_SIDE,
     dtype: str | None = F.DTYPE,
+    concepts: str | None = F.CONCEPTS,
     batch_size: int = F.BATCH_SIZE,
     max_pixels: int | None = F.MAX_PIXELS,
     fmt: str = typer.Option("text", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."),
@@ -58,6 +59,7 @@ def caption_cmd(
         model, extra = F.model_load_kwargs(
             model, langs, prompt=prompt, prompt_file=prompt_file, base_url=base_url, no_cache=no_cache,
             max_side=max_side, rewriter=rewriter, translator=translator, dtype=dtype,
+            concepts=concepts,
         )  # fmt: skip
         captioner = load_model(model, device, quiet, **extra)
         options = captioner.make_options(lang=(langs or [captioner.default_lang])[0], **(generation or {}))

@@ -96,6 +96,7 @@ def eval_cmd(
     objects: str | None = OBJECTS,
     ref_objects: bool = REF_OBJECTS,
     labels: str | None = LABELS,
+    concepts: str | None = F.CONCEPTS,
     device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -106,7 +107,7 @@ def eval_cmd(
     split = ("val" if labels is None else "") if split is None else split
     try:
         items = _items(data, split or None, limit)
-        captioner = load_model(model, device, quiet)
+        captioner = load_model(model, device, quiet, **({"concepts": concepts} if concepts else {}))
         langs = _default_langs(lang, items, captioner.capabilities.languages, labels is not None)
         checks = prepare_checks(items, data, langs, objects, labels, ref_objects, refs)
         options = captioner.make_options(lang=langs[0], **(generation or {}))
@@ -131,7 +132,8 @@ def score_cmd(
     data: Path = typer.Option(..., "--data", help="Caption manifest (JSON Lines) with the references."),
     preds: Path = typer.Option(
         ..., "--preds",
-        help='Predictions: {"image", "lang", "caption"} per line, or polycap batch records (JSONL, Parquet).',
+        help='Predictions: {"image", "lang", "caption"} per line, polycap batch records (JSONL, Parquet), '
+        'or COCO results JSON [{"image_id", "caption"}] (with --lang).',
     ),
     split: str | None = typer.Option(
         None, "--split", help="Manifest split ('' for all; default: the splits of the predicted images)."
@@ -150,9 +152,10 @@ def score_cmd(
     from polycap.eval.objects import prepare_checks
 
     try:
-        predictions, failed = load_predictions(preds, read_manifest(data))
+        given = split_langs(lang)
+        predictions, failed = load_predictions(preds, read_manifest(data), given)
         items, split_name = _scored_items(data, split, predictions)
-        langs = split_langs(lang) or list(dict.fromkeys([*predictions, *failed]))
+        langs = given or list(dict.fromkeys([*predictions, *failed]))
         checks = prepare_checks(items, data, langs, objects, labels, ref_objects, refs)
         meta = {"model": str(preds), "data": str(data), "split": split_name,
                 "options": {"max_refs": refs}, "speed": None}

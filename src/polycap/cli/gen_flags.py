@@ -55,6 +55,12 @@ BASE_URL = typer.Option(None, "--base-url", help="openai-compatible server URL (
 NO_CACHE = typer.Option(False, "--no-cache", help="Bypass the remote response cache.")
 MAX_SIDE = typer.Option(None, "--max-side", min=32, help="Longest image side sent to remote APIs.")
 DTYPE = typer.Option(None, "--dtype", help="hf: models: float32, bfloat16 or float16.")
+CONCEPTS = typer.Option(
+    None, "--concepts",
+    help="polycap's own models: what the encoder recognises reaches the caption as trained concept "
+    "tokens ('tokens', polycap-base's default), a decode-time bias ('bias'), both ('tokens+bias') or "
+    "not at all ('off').",
+)
 BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Images per model call.")
 MAX_PIXELS = typer.Option(
     None, "--max-pixels", min=1, help="Largest image (width x height) decoded (default 64,000,000)."
@@ -133,6 +139,7 @@ def model_load_kwargs(
     rewriter: str | None,
     translator: str | None,
     dtype: str | None,
+    concepts: str | None = None,
 ) -> tuple[str | None, dict[str, Any]]:
     """The model name to load and the ``polycap.load`` kwargs from the model flags."""
     from polycap.cli.remote_opts import load_kwargs
@@ -143,4 +150,6 @@ def model_load_kwargs(
     )  # fmt: skip
     if dtype:
         extra["dtype"] = dtype
+    if concepts:
+        extra["concepts"] = concepts
     return model, extra

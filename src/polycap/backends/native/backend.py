@@ -126,12 +126,17 @@ class NativeCaptioner(FeatureCaptioner):
             self._inner = inner_tokens(self.tokenizer.tok).to(self.device)
         return ConceptBias(targets, s.continue_bias, self._inner), fed, named
 
+    @property
+    def generator(self) -> torch.nn.Module | None:
+        """The decoder ``generate()`` runs on: the onnx runtime's, or None for the torch model's own."""
+        return self._generator
+
     def use_runtime(self, runtime: str | None = "auto") -> NativeCaptioner:
         """Run the encoder and the generation steps with ``torch`` or ``onnx`` (onnxruntime, CPU only);
         ``auto`` (also ``$POLYCAP_RUNTIME``) picks onnx on CPU when the ``[onnx]`` extra is installed.
 
         The onnx graphs are exported from this model's current weights (once, cached on disk, see
-        ``polycap.export.onnx``); change the weights afterwards and call this again. A model whose
+        ``polycap.runtime.onnx``); change the weights afterwards and call this again. A model whose
         exported step does not reproduce the torch decoder (``_check_generator``), or whose exported
         encoder does not reproduce the torch one (``OnnxEncoder.check``), stays on torch; each export
         is checked once per onnxruntime version.
