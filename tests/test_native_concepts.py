@@ -1,4 +1,5 @@
-"""Concepts from the encoder's ImageNet classifier steering polycap's own decoder (decode-time bias)."""
+"""Concepts from the encoder's ImageNet classifier reaching polycap's own decoder: the decode-time bias,
+and the shipped model's trained concept tokens."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def test_settings_are_checked():
     assert ConceptSettings.from_dict({}).mode == "off"
     with pytest.raises(PolycapError, match="unknown concepts settings: colour"):
         ConceptSettings.from_dict({"colour": 1})
-    with pytest.raises(PolycapError, match="'off' or 'bias'"):
+    with pytest.raises(PolycapError, match=r"one of off, tokens, bias, tokens\+bias"):
         ConceptSettings.from_dict({"mode": "guess"})
     with pytest.raises(PolycapError, match="min_prob"):
         ConceptSettings.from_dict({"mode": "bias", "min_prob": 0})
@@ -82,33 +83,45 @@ def test_an_encoder_without_a_classifier_is_refused_clearly():
 
 @pytest.fixture(scope="module")
 def base_models():
+    """The shipped model as it loads (concept tokens), and with concepts off."""
     try:
-        plain = polycap.load("polycap-base", device="cpu", runtime="torch")
+        shipped = polycap.load("polycap-base", device="cpu", runtime="torch")
     except PolycapError as e:  # pragma: no cover - the package ships it
         pytest.skip(f"polycap-base not loadable: {e}")
-    steered = polycap.load("polycap-base", device="cpu", runtime="torch", concepts="bias")
-    return plain, steered
+    off = polycap.load("polycap-base", device="cpu", runtime="torch", concepts="off")
+    return shipped, off
 
 
-@pytest.mark.parametrize(("lang", "word"), [("en", "cat"), ("de", "katze"), ("fr", "chat")])
-def test_shipped_model_names_the_cat_with_bias_and_not_without(base_models, lang, word):
-    plain, steered = base_models
-    before = plain.caption_many([str(EXAMPLES / "cat.jpg")], lang=lang)[0]
-    after = steered.caption_many([str(EXAMPLES / "cat.jpg")], lang=lang)[0]
+@pytest.mark.parametrize(("lang", "word"), [("en", "cat"), ("de", "katze")])
+def test_shipped_model_names_the_cat_from_its_concepts_and_not_without(base_models, lang, word):
+    shipped, off = base_models
+    assert shipped.concepts.feeds  # the shipped default reads the concept tokens
+    before = off.caption_many([str(EXAMPLES / "cat.jpg")], lang=lang)[0]
+    after = shipped.caption_many([str(EXAMPLES / "cat.jpg")], lang=lang)[0]
     assert word not in before.text.split()
-    assert word in after.text.split()
+    assert word in after.text.replace(".", " ").split()
     assert after.meta["concepts"][0]["concept"] == "cat" and after.meta["concepts"][0]["p"] > 0.5
     assert "concepts" not in before.meta
 
 
-def test_concepts_off_is_the_plain_model(base_models):
-    plain, steered = base_models
-    steered.set_concepts("off")
+def test_decode_time_bias_still_steers_without_the_tokens(base_models):
+    shipped, _ = base_models
+    shipped.set_concepts("bias")  # empty concept memory, ConceptBias under generate()
     try:
-        a = plain.caption_many([str(EXAMPLES / "coffee.jpg")], lang="en", num_beams=3)[0]
-        b = steered.caption_many([str(EXAMPLES / "coffee.jpg")], lang="en", num_beams=3)[0]
+        text = shipped.caption_many([str(EXAMPLES / "cat.jpg")], lang="fr")[0].text
     finally:
-        steered.set_concepts("bias")
+        shipped.set_concepts(shipped.cfg.concepts)
+    assert "chat" in text.replace(".", " ").split()
+
+
+def test_concepts_off_is_the_empty_concept_memory(base_models):
+    shipped, off = base_models
+    shipped.set_concepts("off")
+    try:
+        a = off.caption_many([str(EXAMPLES / "coffee.jpg")], lang="en", num_beams=3)[0]
+        b = shipped.caption_many([str(EXAMPLES / "coffee.jpg")], lang="en", num_beams=3)[0]
+    finally:
+        shipped.set_concepts(shipped.cfg.concepts)
     assert a.text == b.text and a.score == pytest.approx(b.score)
 
 

@@ -135,7 +135,8 @@ def test_substitution_swaps_caption_and_fed_concept_together(manifest, tmp_path)
 
 def test_training_with_concepts_resumes_exactly_and_validates_with_them(manifest, tmp_path):
     cache = tmp_path / "cache"
-    extra = ("train.substitute=0.5", "train.epochs=2")
+    extra = ("train.substitute=0.5", "train.epochs=2", "train.hide_grid=0.5", "train.concept_weight=5",
+             "train.concept_lr_mult=3")
     full, part = tmp_path / "full", tmp_path / "part"
     Trainer(_cfg(manifest, cache, *extra), full, progress=False, encoder=_encoder_seeing("dog")).run()
     Trainer(_cfg(manifest, cache, *extra, "train.max_steps=5"), part, progress=False,
@@ -168,3 +169,26 @@ def test_warm_start_loads_weights_and_tokenizer_and_only_concepts_are_new(manife
     with pytest.raises(PolycapError, match="train.init"):
         Trainer(_cfg(manifest, cache, f"train.init={tmp_path / 'nowhere'}"), tmp_path / "bad", progress=False,
                 encoder=_encoder_seeing("dog"))
+
+
+def test_swapped_name_positions_get_the_concept_weight(manifest, tmp_path):
+    trainer = Trainer(_cfg(manifest, tmp_path / "c", "train.substitute=1.0", "train.concept_weight=4",
+                           "train.hide_grid=1.0", "train.epochs=1"), tmp_path / "r", progress=False,
+                      encoder=_encoder_seeing("cat"))
+    batch = next(b for b in trainer.epoch_plan(0) if any(isinstance(c, Swapped) for u in b for c in u.captions))
+    from polycap.train.data import collate
+
+    _, _, ids, _ = collate(batch, trainer.pad_id, trainer.mirror_offset)
+    weight = trainer.concept_token_weights(batch, ids)
+    captions = [c for u in batch for c in u.captions]
+    hidden = trainer.hidden_grids(batch, step=7)
+    assert hidden.tolist() == [isinstance(c, Swapped) for c in captions]  # hide_grid=1: every swapped one
+    for b, c in enumerate(captions):
+        marked = [t for t in range(len(c)) if weight[b, t] == 4.0]
+        if not isinstance(c, Swapped):
+            assert not marked
+            continue
+        lang = trainer.concepts.lang_of_id[c[0]]
+        assert marked
+        forms = trainer.concepts.spellings(c.new, lang)
+        assert any(tuple(c[marked[0] : marked[0] + len(f)]) == f for f in forms)

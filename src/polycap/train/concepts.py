@@ -51,6 +51,7 @@ class TrainConcepts:
         self.lang_of_id = {tokenizer.lang_id(lang): lang for lang in langs}
         self.swappable: list[tuple[int, str, str, int]] = []  # (pool index, lang, text, old concept index)
         self._choices: dict[tuple[str, str | None], list[int]] = {}
+        self._spelled: dict[tuple[int, str], tuple[tuple[int, ...], ...]] = {}
 
     def recognise(self, features: torch.Tensor, chunk: int = 1024) -> list[Chosen]:
         """Per feature row, the confident concepts (as inference chooses them)."""
@@ -59,14 +60,20 @@ class TrainConcepts:
             out.extend(confident(self.head(features[s : s + chunk].float()), self.min_prob, self.slots))
         return out
 
-    def find_swappable(self, texts: list[tuple[str, str]]) -> None:
-        """Remember which pool captions (``texts[j]`` = (lang, text) of pool entry j) name a concept."""
+    def find_swappable(self, texts: list[tuple[str, str]], within: int = 0) -> None:
+        """Remember which pool captions (``texts[j]`` = (lang, text) of pool entry j) name a concept;
+        ``within`` > 0: only those that name it within their first ``within`` words."""
         self.swappable = []
         for j, (lang, text) in enumerate(texts):
             named = self.table.mentions(text, lang)
-            if named:  # the concept named first: most often the caption's subject
-                first = min(sorted(named), key=lambda cid: _first_position(self.table[cid].words(lang), text))
-                self.swappable.append((j, lang, text, self.index[first]))
+            if not named:
+                continue
+            # the concept named first: most often the caption's subject
+            first = min(sorted(named), key=lambda cid: _first_position(self.table[cid].words(lang), text))
+            at = _first_position(self.table[first].words(lang), text)
+            if within and len(text[:at].split()) >= within:
+                continue
+            self.swappable.append((j, lang, text, self.index[first]))
 
     def epoch_pool(self, pool: list[tuple[int, list[int]]], share: float, seed: int,
                    encode: Callable[[str, str], list[int]]) -> list[tuple[int, list[int]]]:
@@ -90,6 +97,26 @@ class TrainConcepts:
             if swapped:
                 out[j] = (pool[j][0], Swapped(encode(swapped, lang), old, new, p))
         return out
+
+    def spellings(self, index: int, lang: str) -> tuple[tuple[int, ...], ...]:
+        """Token ids of concept ``index``'s singular and plural in ``lang`` (cached)."""
+        key = (index, lang)
+        if key not in self._spelled:
+            entry = self.table[self.table.ids[index]].names[lang]
+            forms = {tuple(self.tok.tok.encode(f.lower(), add_special_tokens=False).ids) for f in (entry.sg, entry.pl)}
+            self._spelled[key] = tuple(sorted(f for f in forms if f))
+        return self._spelled[key]
+
+    def name_positions(self, ids: Swapped) -> list[int]:
+        """Positions in a substituted caption's ids where its new concept's name is spelled."""
+        lang = self.lang_of_id[ids[0]]
+        found: set[int] = set()
+        for form in self.spellings(ids.new, lang):
+            n = len(form)
+            for i in range(len(ids) - n + 1):
+                if tuple(ids[i : i + n]) == form:
+                    found.update(range(i, i + n))
+        return sorted(found)
 
     def _candidates(self, lang: str, old: int) -> list[int]:
         """The concepts ``old`` may be swapped for in ``lang`` (cached per language and gender)."""

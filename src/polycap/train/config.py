@@ -78,6 +78,17 @@ class OptimConfig:
     # With concept slots: the probability that a caption naming a concept is shown with that word
     # and the fed concept both swapped for another concept (polycap.data.substitute), per epoch.
     substitute: float = 0.0
+    # > 0: only captions that name the concept within their first this many words are substituted
+    # (the caption's subject: "a dog runs", not "a man in a red shirt"). 0: any mention.
+    substitute_within: int = 0
+    # Of the substituted captions, the share trained without the image grid (only the concepts
+    # tell what the photo holds), so the decoder learns to read the concept path.
+    hide_grid: float = 0.0
+    # Learning-rate multiplier for the concept path and the cross-attention that reads it.
+    concept_lr_mult: float = 1.0
+    # Loss weight of the swapped-in concept's word in a substituted caption: it is 1 token in about
+    # 50 of a batch, so at weight 1 the signal to read the concept path is faint.
+    concept_weight: float = 1.0
 
 
 @dataclass

@@ -29,6 +29,7 @@ from polycap.data.features import FeatureCache
 from polycap.data.manifest import ManifestItem, read_manifest
 from polycap.errors import PolycapError
 from polycap.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from polycap.train.concepts import Swapped
 from polycap.train.config import TrainConfig
 from polycap.train.data import (
     SIDE_WORDS,
@@ -169,7 +170,7 @@ class Trainer:
         self.row_concepts = self.concepts.recognise(self.train_features)
         if self.cfg.train.substitute > 0:
             texts = [(lang, text) for _, lang, text in caption_entries(self.train_split.items, self.langs)]
-            self.concepts.find_swappable(texts)
+            self.concepts.find_swappable(texts, getattr(self.cfg.train, "substitute_within", 0))
             log.warning("concepts: %d of %d training captions name a concept (substitution %.2f)",
                         len(self.concepts.swappable), len(texts), self.cfg.train.substitute)
 
@@ -244,13 +245,16 @@ class Trainer:
         """AdamW and its schedule: cross-entropy (warm-up + cosine) or SCST (``scst.lr``, times
         ``scst.lr_decay`` after each SCST epoch)."""
         t = self.cfg.train
-        params = [p for p in self.model.parameters() if p.requires_grad]  # a frozen LM is not optimised
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.scst.lr if scst else t.lr,
-        )
+        base_lr = self.cfg.scst.lr if scst else t.lr
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # a frozen LM is not optimised
+        fast = getattr(t, "concept_lr_mult", 1.0)
+        groups = []
+        for is_fast in (False, True):
+            chosen = [(n, p) for n, p in named if (fast != 1.0 and _reads_concepts(n)) == is_fast]
+            lr = base_lr * (fast if is_fast else 1.0)
+            groups += [{"params": [p for _, p in chosen if p.ndim >= 2], "weight_decay": t.weight_decay, "lr": lr},
+                       {"params": [p for _, p in chosen if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=base_lr)
         if scst:
             per_epoch, factor = len(self._scst_batches(0)), self.cfg.scst.lr_decay
             return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor ** (step // per_epoch))
@@ -363,6 +367,12 @@ class Trainer:
                 concepts = self.batch_concepts(batches[i])
                 with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=t.bf16):
                     extra = {"concepts": concepts} if concepts is not None else {}
+                    hide = self.hidden_grids(batches[i], state["global_step"])
+                    if hide is not None:
+                        extra["hide_grid"] = hide
+                    weight = self.concept_token_weights(batches[i], ids)
+                    if weight is not None:
+                        extra["token_weight"] = weight
                     loss = self.model(feats, ids, mask, owner=owner, label_smoothing=t.label_smoothing, **extra)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -387,6 +397,32 @@ class Trainer:
             (ids, self.row_concepts[u.row + (self.mirror_offset if u.mirrored else 0)])
             for u in units for ids in u.captions
         ])
+
+    def hidden_grids(self, units, step: int) -> Any:
+        """(B,) bool: the substituted captions of this batch trained without the image
+        (``train.hide_grid`` of them, drawn from the step number, so a resumed run draws the same)."""
+        share = getattr(self.cfg.train, "hide_grid", 0.0)
+        if self.concepts is None or share <= 0:
+            return None
+        import random
+
+        rng = random.Random(self.cfg.train.seed * 1_000_003 + step)
+        return torch.tensor([isinstance(ids, Swapped) and rng.random() < share
+                             for u in units for ids in u.captions])
+
+    def concept_token_weights(self, units, ids: torch.Tensor) -> Any:
+        """(B, T) loss weights: ``train.concept_weight`` on the tokens of a substituted caption that
+        spell its new concept's name, 1 elsewhere; None when all would be 1."""
+        w = getattr(self.cfg.train, "concept_weight", 1.0)
+        if self.concepts is None or w == 1.0:
+            return None
+        weight = torch.ones(ids.shape, dtype=torch.float32)
+        captions = [c for u in units for c in u.captions]
+        for b, c in enumerate(captions):
+            if isinstance(c, Swapped):
+                for t in self.concepts.name_positions(c):
+                    weight[b, t] = w
+        return weight
 
     def row_concept_input(self, rows: list[int], lang: str) -> Any:
         """The true concepts of plain training rows in ``lang`` (SCST), or None without the path."""
@@ -460,6 +496,11 @@ class Trainer:
         return {"epochs": state["epoch"], "scst_epochs": state.get("scst_epoch", 0), "steps": state["global_step"],
                 "best_mean_cider": state["best"],
                 "best_epoch": state.get("best_epoch"), "out": str(self.out)}
+
+
+def _reads_concepts(name: str) -> bool:
+    """The concept path's own parameters and the cross-attention that reads the memory."""
+    return name.startswith("concept_") or ".crossattention." in name or ".ln_cross_attn." in name
 
 
 def make_trainer(cfg: TrainConfig, out: str | Path, progress: bool = True, encoder: Any = None) -> Trainer:

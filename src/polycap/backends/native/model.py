@@ -71,28 +71,43 @@ class CaptionModel(nn.Module):
         owner: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
         concepts: ConceptInput | None = None,
+        hide_grid: torch.Tensor | None = None,
+        token_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy of ``input_ids`` (B, T) given the images; padding masked by -100.
 
         ``features`` (I, N, C) may hold fewer images than captions: ``owner`` (B,) says which
         image each caption belongs to, so each image is projected once. ``concepts`` are per
-        caption (B rows): a caption's language names them.
+        caption (B rows): a caption's language names them. ``hide_grid`` (B,) bool: those captions
+        see only the grid's position embeddings, no image (training the concept path to be read).
+        ``token_weight`` (B, T): each target token's weight in the loss (default 1; the mean is over
+        the real tokens either way).
         """
-        memory = self.mem_drop(self.proj(features.to(self.pos.dtype)) + self.pos)  # (I, N, D)
+        memory = self.proj(features.to(self.pos.dtype))  # (I, N, D)
         if owner is not None:
             memory = memory[owner]  # (B, N, D)
+        if hide_grid is not None:
+            memory = memory * (~hide_grid).to(memory.dtype)[:, None, None]
+        memory = self.mem_drop(memory + self.pos)
         if self.cfg.concept_slots:
             memory = torch.cat([memory, self.mem_drop(self.concept_memory(concepts, memory.shape[0]))], dim=1)
         logits = self.decoder(
             input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory
         ).logits  # (B, T, V)
         labels = input_ids.masked_fill(attention_mask == 0, -100)[:, 1:]  # predict token t+1 from <= t
-        return nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=-100,
-            label_smoothing=label_smoothing,
-        )
+        if token_weight is None:
+            return nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                labels.reshape(-1),
+                ignore_index=-100,
+                label_smoothing=label_smoothing,
+            )
+        per_token = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
+            label_smoothing=label_smoothing, reduction="none",
+        )  # (B*(T-1),), 0 where ignored
+        real = (labels.reshape(-1) != -100).float()
+        return (per_token * token_weight[:, 1:].reshape(-1).float()).sum() / real.sum().clamp(min=1)
 
     def token_logprobs(self, memory: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-sequence mean log-probability of tokens 1..T under the model (teacher forcing).
