@@ -133,7 +133,7 @@ def score_cmd(
     preds: Path = typer.Option(
         ..., "--preds",
         help='Predictions: {"image", "lang", "caption"} per line, polycap batch records (JSONL, Parquet), '
-        'or COCO results JSON [{"image_id", "caption"}] (with --lang).',
+        'or COCO results JSON: a list of {"image_id", "caption"} (with --lang).',
     ),
     split: str | None = typer.Option(
         None, "--split", help="Manifest split ('' for all; default: the splits of the predicted images)."
