@@ -192,8 +192,8 @@ def fit(recipe: Recipe, run: Run, resume: bool = False) -> TrainState:
             end_epoch(recipe, phase, phase is phases[0], state, run, opt, sched, ema, time.time() - start)
             ran = True
         if ran and state.phase_epoch < phase.epochs and run.report:
-            run.report(f"early stopping: no improvement in {phase.patience} epoch(s); {run.best} holds epoch "
-                       f"{state.best_epoch}")
+            run.report(f"early stopping: no improvement in {phase.patience} epoch(s); keeping epoch "
+                       f"{state.best_epoch} ({run.best})")
     return state
 
 

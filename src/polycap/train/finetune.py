@@ -100,7 +100,8 @@ class LoraRecipe:
         return [LoraPhase(self)]
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "weight_decay": 0.01}]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [{"params": params, "weight_decay": 0.01}]  # AdamW's default decay, on every LoRA weight
 
     def weights(self, model) -> dict[str, Any]:
         return {k: v.detach().cpu() for k, v in model.state_dict().items() if "lora_" in k}
