@@ -98,8 +98,9 @@ class Phase:
         """The batches of the phase's ``epoch`` (from 0), the same every time they are asked for."""
         raise NotImplementedError
 
-    def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss to minimise, and statistics of the step that the log averages over the epoch."""
+    def loss(self, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to minimise, and statistics of the step that the log averages over the epoch.
+        ``step``: the run's global step (for random draws that a resumed run must repeat)."""
         raise NotImplementedError
 
     def weight(self, batch: Any) -> float:
@@ -210,7 +211,8 @@ def run_epoch(recipe: Recipe, phase: Phase, state: TrainState, run: Run, opt, sc
             if run.max_steps is not None and state.global_step >= run.max_steps:
                 save_checkpoint(run, recipe, opt, sched, state, ema)
                 return False
-            loss, stats = train_step(recipe.model, phase, batches[i], opt, sched, ema, recipe.device_type)
+            loss, stats = train_step(recipe.model, phase, batches[i], opt, sched, ema, recipe.device_type,
+                                     state.global_step)
             state.add_step(loss, phase.weight(batches[i]), stats)
             bar.update(task, advance=1, description=f"{label} loss {state.mean_loss():.3f}")
             if run.checkpoint_every and state.global_step % run.checkpoint_every == 0:
@@ -219,11 +221,12 @@ def run_epoch(recipe: Recipe, phase: Phase, state: TrainState, run: Run, opt, sc
 
 
 def train_step(model: torch.nn.Module, phase: Phase, batch: Any, opt: torch.optim.Optimizer, sched: Any,
-               ema: torch.nn.Module | None = None, device_type: str = "cpu") -> tuple[float, dict[str, float]]:
+               ema: torch.nn.Module | None = None, device_type: str = "cpu", step: int = 0
+               ) -> tuple[float, dict[str, float]]:
     """The optimisation step of every recipe and phase (and of the step benchmarks): the phase's loss
     under autocast, backward, gradient clipping, AdamW, the schedule, the moving average."""
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=phase.bf16):
-        loss, stats = phase.loss(batch)
+        loss, stats = phase.loss(batch, step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if phase.grad_clip is not None:

@@ -69,11 +69,10 @@ class CaptionCrossEntropy(Phase):
     def lr_factor(self, steps_per_epoch: int):
         return warmup_cosine(self.t.warmup_steps, max(1, self.t.epochs * steps_per_epoch))
 
-    def loss(self, units: list[Unit]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, units: list[Unit], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         r = self.recipe
         rows, owner, ids, mask = collate(units, r.pad_id, r.mirror_offset)
-        concepts = r.batch_concepts(units)
-        extra = {"concepts": concepts} if concepts is not None else {}
+        extra = r.batch_inputs(units, ids, step)
         feats = r.train_features[rows].float()  # (I, N, C): one row per image; owner maps captions to them
         return r.model(feats, ids, mask, owner=owner, label_smoothing=self.t.label_smoothing, **extra), {}
 
@@ -129,9 +128,10 @@ class FeatureRecipe:
         """The training pairs of one epoch (polycap's own models substitute concepts here)."""
         return self.pool
 
-    def batch_concepts(self, units: list[Unit]) -> Any:
-        """What a batch feeds the model besides its captions (polycap's concept path), or None."""
-        return None
+    def batch_inputs(self, units: list[Unit], ids: torch.Tensor, step: int) -> dict[str, Any]:
+        """What a batch feeds the model besides its features and captions (``ids``, collated):
+        keyword arguments of the model's forward (polycap's concept path)."""
+        return {}
 
     def phases(self) -> list[Phase]:
         return [CaptionCrossEntropy(self)]

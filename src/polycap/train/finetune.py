@@ -141,7 +141,7 @@ class LoraPhase(Phase):
         pairs = _shuffled(self.recipe.train, random.Random(cfg.seed * 1000 + epoch + 1))
         return [pairs[i : i + cfg.batch_size] for i in range(0, len(pairs), cfg.batch_size)]
 
-    def loss(self, batch: list[tuple[Path, str]]):
+    def loss(self, batch: list[tuple[Path, str]], step: int):
         paths, caps = zip(*batch)
         r = self.recipe
         return r.model(**train_inputs(r.captioner, _images(list(paths)), list(caps))).loss, {}

@@ -126,14 +126,14 @@ class NativeRecipe(FeatureRecipe):
             return self.pool
         return self.concepts.epoch_pool(self.pool, self.cfg.train.substitute, seed + 2, self.encode_caption)
 
-    def batch_concepts(self, units: list[Unit]) -> Any:
-        """The concepts fed with a batch's captions (in collate's order), or None without the path."""
+    def batch_inputs(self, units: list[Unit], ids: torch.Tensor, step: int) -> dict[str, Any]:
+        """The concepts fed with a batch's captions (in collate's order); nothing without the path."""
         if self.concepts is None:
-            return None
-        return self.concepts.batch_input([
-            (ids, self.row_concepts[u.row + (self.mirror_offset if u.mirrored else 0)])
-            for u in units for ids in u.captions
-        ])
+            return {}
+        return {"concepts": self.concepts.batch_input([
+            (caption, self.row_concepts[u.row + (self.mirror_offset if u.mirrored else 0)])
+            for u in units for caption in u.captions
+        ])}
 
     def row_concept_input(self, rows: list[int], lang: str) -> Any:
         """The true concepts of plain training rows in ``lang`` (SCST), or None without the path."""

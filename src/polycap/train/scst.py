@@ -103,7 +103,7 @@ class Scst(Phase):
 
         return {x: CiderReward(references_for(self.recipe.train_split.items, x), x) for x in self.langs}
 
-    def loss(self, batch: tuple[str, list[int]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: tuple[str, list[int]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         lang, rows = batch
         return scst_loss(self.recipe, lang, rows, self.rewards[lang], self.s.samples, self.s.mode, self.s.baseline)
 
