@@ -266,17 +266,27 @@ def end_epoch(recipe: Recipe, phase: Phase, first: bool, state: TrainState, run:
 
 # ---- the pieces (public: the step benchmarks build the very step fit() runs) -----------------------
 def make_optimizer(recipe: Recipe, phase: Phase, steps_per_epoch: int | None = None):
-    """AdamW over the recipe's parameter groups at the phase's learning rate, and its schedule."""
+    """AdamW over the recipe's parameter groups at the phase's learning rate (times a group's
+    ``lr_scale``), and the phase's schedule."""
     steps = len(phase.batches(0)) if steps_per_epoch is None else steps_per_epoch
-    opt = torch.optim.AdamW(recipe.param_groups(), lr=phase.lr)
+    groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": phase.lr * g["lr_scale"]}
+              if "lr_scale" in g else g for g in recipe.param_groups()]
+    opt = torch.optim.AdamW(groups, lr=phase.lr)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, phase.lr_factor(steps))
 
 
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups of what trains (a frozen LM is not optimised): matrices decay, biases and norms do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+def decay_groups(params: list[torch.nn.Parameter], weight_decay: float, lr_scale: float | None = None
+                 ) -> list[dict[str, Any]]:
+    """AdamW groups of ``params``: matrices decay, biases and norms do not; ``lr_scale`` multiplies
+    the phase's learning rate for them."""
+    scale = {} if lr_scale is None else {"lr_scale": lr_scale}
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay, **scale},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, **scale}]
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What trains: a frozen LM is not optimised."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def constant(step: int) -> float:

@@ -24,7 +24,7 @@ from polycap.errors import PolycapError
 from polycap.train.checkpoint import FolderCheckpoint
 from polycap.train.config import TrainConfig
 from polycap.train.data import SIDE_WORDS, Unit, collate, epoch_batches, epoch_units, mirror_safe, mirror_units
-from polycap.train.engine import Phase, Run, TrainState, Validation, decay_groups, fit, warmup_cosine
+from polycap.train.engine import Phase, Run, TrainState, Validation, decay_groups, fit, trainable, warmup_cosine
 from polycap.types import GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class FeatureRecipe:
 
     # ---- what the engine asks ----------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        return decay_groups(self.model, self.cfg.train.weight_decay)
+        return decay_groups(trainable(self.model), self.cfg.train.weight_decay)
 
     def validate(self) -> Validation:
         """Greedy (or val_beams) captions of the first val_limit val images, scored per language;

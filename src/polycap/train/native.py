@@ -3,12 +3,18 @@ training captions (with language tokens), the decoder of ``model:`` (a NativeCon
 data), an optional warm start (``train.init``), the concept path (``model.concept_slots``: recognised
 concepts fed with each caption, substitution augmentation; train/concepts.py) and, after
 cross-entropy, self-critical sequence training (``scst.epochs``; train/scst.py).
+
+The concept path's training options (``train.*``): ``substitute`` (and ``substitute_within``) swap a
+caption's concept word and the fed concept together; ``hide_grid`` trains a share of the swapped
+captions without the image grid; ``concept_weight`` weighs the swapped-in name's tokens in the loss;
+``concept_lr_mult`` scales the learning rate of the concept path and the cross-attention reading it.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +28,9 @@ from polycap.backends.native.model import CaptionModel
 from polycap.backends.native.tokenizer import CaptionTokenizer
 from polycap.errors import PolycapError
 from polycap.train.checkpoint import model_weights, tied_keys
+from polycap.train.concepts import Swapped
 from polycap.train.data import Unit, caption_entries, caption_pool
-from polycap.train.engine import Phase
+from polycap.train.engine import Phase, decay_groups
 from polycap.train.feature_recipe import CaptionCrossEntropy, FeatureRecipe
 
 log = logging.getLogger(__name__)
@@ -117,7 +124,7 @@ class NativeRecipe(FeatureRecipe):
         self.row_concepts = self.concepts.recognise(self.train_features)
         if self.cfg.train.substitute > 0:
             texts = [(lang, text) for _, lang, text in caption_entries(self.train_split.items, self.langs)]
-            self.concepts.find_swappable(texts)
+            self.concepts.find_swappable(texts, self.cfg.train.substitute_within)
             log.warning("concepts: %d of %d training captions name a concept (substitution %.2f)",
                         len(self.concepts.swappable), len(texts), self.cfg.train.substitute)
 
@@ -127,13 +134,44 @@ class NativeRecipe(FeatureRecipe):
         return self.concepts.epoch_pool(self.pool, self.cfg.train.substitute, seed + 2, self.encode_caption)
 
     def batch_inputs(self, units: list[Unit], ids: torch.Tensor, step: int) -> dict[str, Any]:
-        """The concepts fed with a batch's captions (in collate's order); nothing without the path."""
+        """The concepts fed with a batch's captions (in collate's order), the captions trained without
+        the grid and the loss weights of their tokens; nothing without the path."""
         if self.concepts is None:
             return {}
-        return {"concepts": self.concepts.batch_input([
+        extra = {"concepts": self.concepts.batch_input([
             (caption, self.row_concepts[u.row + (self.mirror_offset if u.mirrored else 0)])
             for u in units for caption in u.captions
         ])}
+        hide, weight = self.hidden_grids(units, step), self.concept_token_weights(units, ids)
+        if hide is not None:
+            extra["hide_grid"] = hide
+        if weight is not None:
+            extra["token_weight"] = weight
+        return extra
+
+    def hidden_grids(self, units: list[Unit], step: int) -> torch.Tensor | None:
+        """(B,) bool: the substituted captions of this batch trained without the image
+        (``train.hide_grid`` of them, drawn from the step number, so a resumed run draws the same)."""
+        share = self.cfg.train.hide_grid
+        if self.concepts is None or share <= 0:
+            return None
+        rng = random.Random(self.cfg.train.seed * 1_000_003 + step)
+        return torch.tensor([isinstance(ids, Swapped) and rng.random() < share
+                             for u in units for ids in u.captions])
+
+    def concept_token_weights(self, units: list[Unit], ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) loss weights: ``train.concept_weight`` on the tokens of a substituted caption that
+        spell its new concept's name, 1 elsewhere; None when all would be 1."""
+        w = self.cfg.train.concept_weight
+        if self.concepts is None or w == 1.0:
+            return None
+        weight = torch.ones(ids.shape, dtype=torch.float32)
+        captions = [c for u in units for c in u.captions]
+        for b, c in enumerate(captions):
+            if isinstance(c, Swapped):
+                for t in self.concepts.name_positions(c):
+                    weight[b, t] = w
+        return weight
 
     def row_concept_input(self, rows: list[int], lang: str) -> Any:
         """The true concepts of plain training rows in ``lang`` (SCST), or None without the path."""
@@ -141,6 +179,18 @@ class NativeRecipe(FeatureRecipe):
             return None
         lang_id = self.tok.lang_id(lang)
         return self.concepts.batch_input([([lang_id], self.row_concepts[r]) for r in rows])
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups; with ``train.concept_lr_mult`` the concept path and the cross-attention that
+        reads it get their own, at that multiple of the learning rate."""
+        fast = self.cfg.train.concept_lr_mult
+        if fast == 1.0:
+            return super().param_groups()
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        wd = self.cfg.train.weight_decay
+        groups = (decay_groups([p for n, p in named if not _reads_concepts(n)], wd, 1.0)
+                  + decay_groups([p for n, p in named if _reads_concepts(n)], wd, fast))
+        return [g for g in groups if g["params"]]
 
     # ---- validation, phases --------------------------------------------------------------------------
     def val_max_tokens(self) -> int:
@@ -153,3 +203,8 @@ class NativeRecipe(FeatureRecipe):
         from polycap.train.scst import Scst
 
         return [CaptionCrossEntropy(self), Scst(self)]
+
+
+def _reads_concepts(name: str) -> bool:
+    """The concept path's own parameters and the cross-attention that reads the memory."""
+    return name.startswith("concept_") or ".crossattention." in name or ".ln_cross_attn." in name
