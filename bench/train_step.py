@@ -2,11 +2,13 @@
 
     python bench/train_step.py --set data.cache_dir=/work/cache/features --windows 0,50 --steps 30
 
-Builds the real Trainer of ``--config`` (full train split, features from the feature cache), then
+Builds the real recipe of ``--config`` (full train split, features from the feature cache), then
 for each ``train.bucket_window`` in ``--windows`` draws the epoch's batches exactly as training does
-and times ``--steps`` optimiser steps on batches spread over the epoch, the windows taking turns
-(A B A B ...) so drifting machine load hits each alike. Prints JSON: seconds per step (median and
-mean), the share of computed token positions that are padding, and the estimated epoch time.
+and times ``--steps`` steps on batches spread over the epoch, the windows taking turns (A B A B ...)
+so drifting machine load hits each alike. The step is ``polycap.train.engine.train_step``, the one
+``fit()`` runs: the first phase's loss under its autocast setting, backward, clipping, AdamW, the
+schedule and the moving average (``train.ema``). Prints JSON: seconds per step (median and mean),
+the share of computed token positions that are padding, and the estimated epoch time.
 """
 
 from __future__ import annotations
@@ -34,17 +36,19 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from polycap.train.config import load_config
-    from polycap.train.data import collate
-    from polycap.train.trainer import Trainer
+    from polycap.train.engine import make_ema, make_optimizer, train_step
+    from polycap.train.trainer import make_trainer
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix="train-step-")), progress=False)
-    opt, _ = trainer._optimizer()
+    recipe = make_trainer(cfg, Path(tempfile.mkdtemp(prefix="train-step-")), progress=False)
+    phase = recipe.phases()[0]
+    opt, sched = make_optimizer(recipe, phase)
+    ema = make_ema(recipe.model, phase.ema)
     windows = [int(w) for w in args.windows.split(",")]
     plans, stats = {}, {}
     for w in windows:
-        batches = trainer.epoch_plan(0, window=w)
+        batches = recipe.epoch_plan(0, window=w)
         padded = real = 0
         for b in batches:
             lens = [len(c) for u in b for c in u.captions]
@@ -54,17 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         stats[w] = {"batches": len(batches), "padding_share": round(1 - real / padded, 3), "times": []}
 
     def step(units) -> float:
-        rows, owner, ids, mask = collate(units, trainer.pad_id)
         start = time.perf_counter()
-        loss = trainer.model(trainer.train_split.features[rows].float(), ids, mask, owner=owner,
-                             label_smoothing=cfg.train.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.train.grad_clip)
-        opt.step()
+        train_step(recipe.model, phase, units, opt, sched, ema, recipe.device_type)
         return time.perf_counter() - start
 
-    trainer.model.train()
+    recipe.model.train()
     for w in windows:  # warm-up
         step(plans[w][0])
     for i in range(args.steps):

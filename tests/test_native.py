@@ -34,7 +34,7 @@ def test_scores_from_generate_equal_teacher_forced_scores(options):
             kw.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or 0)
         lang = torch.full((3,), cap.tokenizer.lang_id(options.lang))
         seqs = cap.model.generate(feats, lang, **kw)
-        mask = cap._mask(seqs)
+        mask = cap.sequence_mask(seqs)
         memory = cap.model.memory(feats).repeat_interleave(k, dim=0)
         expected = cap.model.token_logprobs(memory, seqs, mask).tolist()
     got = [a.score for c in caps for a in (c.alternatives or [c])]

@@ -346,3 +346,17 @@ def test_flip_trains_on_the_mirrored_views_of_safe_captions(manifest, tmp_path):
     assert (rows >= n).all()
     plain = Trainer(_cfg(manifest, tmp_path / "cache", "train.epochs=1"), tmp_path / "p", progress=False)
     assert plain.mirror_offset == 0 and not any(u.mirrored for b in plain.epoch_plan(0) for u in b)
+
+
+def test_train_state_reads_checkpoints_written_before_the_engine():
+    """state.json of the old loop (no phase_epoch; SCST counted in scst_epoch) resumes in the same place."""
+    from polycap.train.engine import TrainState
+
+    xe = TrainState.from_dict({"epoch": 2, "step_in_epoch": 7, "global_step": 31, "best": 0.4, "bad_epochs": 1,
+                               "best_epoch": 1, "epoch_loss_sum": 12.5, "epoch_loss_n": 7})
+    assert (xe.phase, xe.epoch, xe.phase_epoch, xe.step_in_epoch, xe.epoch_loss_n) == ("xe", 2, 2, 7, 7)
+    scst = TrainState.from_dict({"epoch": 5, "step_in_epoch": 0, "global_step": 90, "best": 0.5, "bad_epochs": 0,
+                                 "phase": "scst", "scst_epoch": 1})
+    assert (scst.phase, scst.epoch, scst.phase_epoch) == ("scst", 5, 1)
+    with pytest.raises(polycap.errors.PolycapError, match="unknown key.*epochz"):
+        TrainState.from_dict({"epochz": 1})

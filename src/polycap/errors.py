@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class PolycapError(Exception):
     """Base class of every error polycap raises deliberately."""
@@ -39,3 +41,11 @@ class MissingDependencyError(PolycapError, ImportError):
     def __init__(self, package: str, extra: str, feature: str = ""):
         what = f" for {feature}" if feature else ""
         super().__init__(f"{package} is required{what}; install it with: pip install 'polycap[{extra}]'")
+
+
+def check_keys(given: Iterable[str], known: Iterable[str], what: str, error: type[PolycapError] = PolycapError) -> None:
+    """Raise ``error`` naming the keys of ``given`` that are not ``known``, and the known ones:
+    "unknown {what}: a, b; known: ...". The one check behind every config and option mapping."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise error(f"unknown {what}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")

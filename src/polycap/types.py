@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from polycap.errors import OptionError
+from polycap.errors import OptionError, check_keys
 
 # Upper bounds of the decoding options: far above any useful caption setting, low enough that a
 # typo (``--beams 1000``: 13 s and 1.9 GB for one image) is refused up front instead of running.
@@ -79,10 +79,7 @@ class GenerationOptions:
     @classmethod
     def from_kwargs(cls, base: GenerationOptions | None = None, **kwargs: Any) -> GenerationOptions:
         """Build options from keyword arguments, naming any unknown one in the error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise OptionError(f"unknown generation option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_keys(kwargs, [f.name for f in fields(cls)], "generation option(s)", OptionError)
         return replace(base or cls(), **kwargs)
 
     def to_dict(self) -> dict[str, Any]:

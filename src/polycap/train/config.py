@@ -13,7 +13,10 @@ from typing import Any
 
 import yaml
 
-from polycap.errors import PolycapError
+from polycap.backends.clipcap.config import ClipCapConfig
+from polycap.backends.model_config import typed
+from polycap.backends.native.config import NativeConfig
+from polycap.errors import PolycapError, check_keys
 
 
 @dataclass
@@ -25,24 +28,8 @@ class DataConfig:
     val_limit: int | None = 500
     flip: bool = False
     cache_dir: str = "~/.cache/polycap/features"
-    # what computes missing features: auto (onnxruntime when installed, 5.7x faster), torch or onnx
+    # what computes missing features: auto (onnxruntime when installed; bench/README.md), torch or onnx
     runtime: str = "auto"
-
-
-@dataclass
-class ModelConfig:
-    name: str = "polycap-base"
-    arch: str = "transformer"
-    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "efficientnet-lite2"})
-    d_model: int = 384
-    n_layer: int = 3
-    n_head: int = 6
-    dropout: float = 0.1
-    max_length: int = 40
-    # The concept path (docs/concepts.md): recognised concepts' names join the decoder's memory.
-    concept_slots: int = 0  # concepts fed per caption (0: off)
-    concept_pieces: int = 6  # tokens per concept name
-    concepts: dict[str, Any] = field(default_factory=dict)  # ConceptSettings saved with the model
 
 
 @dataclass
@@ -68,7 +55,7 @@ class OptimConfig:
     # then the batches are shuffled): less padding per step. 0: random batches.
     bucket_window: int = 0
     max_steps: int | None = None  # stop after this many steps in total (smoke tests)
-    bf16: bool = False  # bf16 autocast for the forward pass (2-3x faster on CPUs with avx512_bf16/AMX)
+    bf16: bool = False  # bf16 autocast for the forward pass (pays off only with native bf16: bench/README.md)
     # > 0: keep an exponential moving average of the weights (this decay per step) during cross-entropy
     # training; validation, best/ and SCST's start use the averaged weights. 0: off.
     ema: float = 0.0
@@ -106,36 +93,42 @@ class ScstConfig:
     lr_decay: float = 1.0  # the learning rate is multiplied by this after each SCST epoch
 
 
-@dataclass
-class ClipCapSection:
-    """``model.arch: clipcap``: prefix adapters over a causal LM (see docs/clipcap.md)."""
-
-    lm: dict[str, Any] = field(default_factory=lambda: {"path": "", "gguf_file": None, "dtype": "float32"})
-    mapper: dict[str, Any] = field(default_factory=dict)  # MapperConfig fields: type, prefix_length, ...
-    features: str = "pooled"  # "pooled" or "grid"
-    mode: str = "mapper"  # "mapper" (LM frozen), "lora" (+ peft LoRA on the LM), "full"
-    lora: dict[str, Any] = field(default_factory=dict)  # r, alpha, dropout, target_modules
-    prompt: str | dict[str, str] | None = None  # text after the prefix; "{language}" is filled in
-    output_vocab: str = "full"  # "captions": each language's softmax covers only its training captions' tokens
+# The model sections are the model folder's own config (one config feeds model creation and training):
+# ``model:`` is polycap's own models' NativeConfig, ``clipcap:`` the ClipCapConfig of prefix adapters
+# (``model.arch: clipcap``, which takes name, encoder and max_length from ``model:``). A run fills in
+# what it learns from its data, so those fields are not set in a training config.
+FROM_DATA = {
+    "model": ("backend", "languages", "encoder_dim", "grid_positions", "vocab_size"),
+    "clipcap": ("backend", "name", "languages", "encoder", "feature_dim", "lm_width", "max_length", "model_card"),
+}
 
 
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: NativeConfig = field(default_factory=NativeConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
     scst: ScstConfig = field(default_factory=ScstConfig)
-    clipcap: ClipCapSection = field(default_factory=ClipCapSection)
+    clipcap: ClipCapConfig = field(default_factory=ClipCapConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The sections as a training config file holds them (the model sections without FROM_DATA)."""
+        out = asdict(self)
+        for name, derived in FROM_DATA.items():
+            out[name] = {k: v for k, v in out[name].items() if k not in derived}
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-_SECTIONS = {f.name: f.default_factory for f in fields(TrainConfig)}  # type: ignore[misc]
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(TrainConfig)}  # type: ignore[misc]
+
+
+def section_keys(name: str) -> list[str]:
+    """The keys a training config may set in section ``name``."""
+    return [f.name for f in fields(_SECTIONS[name]) if f.name not in FROM_DATA.get(name, ())]
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -164,19 +157,9 @@ def _number_or_value(value: Any) -> Any:
 
 def build_config(data: dict[str, Any]) -> TrainConfig:
     """Typed config from a plain dict; unknown sections or keys are errors that name them."""
-    unknown = sorted(set(data) - set(_SECTIONS))
-    if unknown:
-        raise PolycapError(f"unknown config section(s): {', '.join(unknown)}; known: {', '.join(_SECTIONS)}")
-    sections = {}
-    for name, factory in _SECTIONS.items():
-        cls = type(factory())
-        values = data.get(name) or {}
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(values) - known)
-        if bad:
-            raise PolycapError(f"unknown key(s) in {name}: {', '.join(bad)}; known: {', '.join(sorted(known))}")
-        sections[name] = cls(**values)
-    cfg = TrainConfig(**sections)
+    check_keys(data, _SECTIONS, "config section(s)")
+    cfg = TrainConfig(**{name: typed(cls, data.get(name) or {}, f"key(s) in {name}", section_keys(name))
+                         for name, cls in _SECTIONS.items()})
     for key, value, choices in (("scst.mode", cfg.scst.mode, ("sample", "beam")),
                                 ("scst.baseline", cfg.scst.baseline, ("greedy", "mean"))):
         if value not in choices:
@@ -209,7 +192,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     cfg.data.manifests = [str((base / m).resolve()) if not Path(m).is_absolute() else m for m in cfg.data.manifests]
     if cfg.train.init and not Path(cfg.train.init).expanduser().is_absolute():
         cfg.train.init = str((base / cfg.train.init).resolve())
-    lm_path = cfg.clipcap.lm.get("path")
+    lm_path = cfg.clipcap.lm.path
     if lm_path and not Path(lm_path).is_absolute() and (base / lm_path).is_dir():
-        cfg.clipcap.lm["path"] = str((base / lm_path).resolve())  # a local LM folder beside the config
+        cfg.clipcap.lm.path = str((base / lm_path).resolve())  # a local LM folder beside the config
     return cfg

@@ -5,12 +5,13 @@
 
 The run folder holds ``config.json`` (``{"backend": "hf", "base_model": ..., "adapter": "adapter"}``,
 so ``polycap.load(DIR)`` works), ``adapter/`` (the best epoch's LoRA weights), ``last.pt`` (the
-resumable state: LoRA weights, optimizer, epoch, history), ``log.jsonl`` (one line per epoch) and,
-with ``merge=True``, ``merged/`` (a plain transformers model the config then points to).
+resumable checkpoint: LoRA weights, optimizer, RNG, train state), ``log.jsonl`` (one line per epoch)
+and, with ``merge=True``, ``merged/`` (a plain transformers model the config then points to).
 
-Per architecture, only what differs is here: the default LoRA target modules and how a batch of
-(image, caption) pairs becomes model inputs with ``labels`` (padding masked by the attention mask,
-never by a token id: GPT-2 pads with its end-of-text token, which must still be learned).
+The loop is the engine's (train/engine.py); this is the recipe. Per architecture, only what differs
+is here: the default LoRA target modules and how a batch of (image, caption) pairs becomes model
+inputs with ``labels`` (padding masked by the attention mask, never by a token id: GPT-2 pads with
+its end-of-text token, which must still be learned).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from polycap.errors import MissingDependencyError, OptionError, PolycapError
+from polycap.train.checkpoint import FileCheckpoint
+from polycap.train.engine import Phase, Run, TrainState, Validation, fit
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,82 @@ class FinetuneConfig:
             raise OptionError("early_stopping_patience must be >= 0 (0 = never stop early)")
 
 
+class LoraRecipe:
+    """The recipe of ``hf:`` captioners: peft LoRA layers on the attention projections are what trains
+    (and what a checkpoint keeps); a batch's loss is the model's own on (image, caption) pairs; the
+    best epoch (lowest val loss, or highest val CIDEr) is kept as ``adapter/``."""
+
+    def __init__(self, cfg: FinetuneConfig):
+        torch, peft = _require()
+        from polycap.backends.hf.backend import load_hf
+
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.base_ref = cfg.model.removeprefix("hf:")
+        self.captioner = load_hf(self.base_ref, device=cfg.device)
+        self.captioner.capabilities = replace(self.captioner.capabilities, languages=(cfg.lang,))  # it learns cfg.lang
+        self.device_type = torch.device(self.captioner.device).type  # for autocast (off: LoRA trains in full precision)
+        self.train, self.val = split_data(cfg)
+        self.targets = resolve_targets(self.captioner.model, _model_type(self.captioner), cfg.target_modules)
+        lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                               target_modules=self.targets, bias="none")  # fmt: skip
+        self.model = peft.get_peft_model(self.captioner.model, lora)  # injects LoRA layers into captioner.model
+
+    def phases(self) -> list[Phase]:
+        return [LoraPhase(self)]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [{"params": params, "weight_decay": 0.01}]  # AdamW's default decay, on every LoRA weight
+
+    def weights(self, model) -> dict[str, Any]:
+        return {k: v.detach().cpu() for k, v in model.state_dict().items() if "lora_" in k}
+
+    def load_weights(self, model, weights: dict[str, Any]) -> None:
+        model.load_state_dict(weights, strict=False)
+
+    def validate(self) -> Validation:
+        record = {"val_loss": _val_loss(self.captioner, self.model, self.val, self.cfg.batch_size)}
+        if self.cfg.eval_metric == "cider":
+            record["val_cider"] = _val_cider(self.captioner, self.val, self.cfg)
+            return Validation(record["val_cider"], record)
+        return Validation(-record["val_loss"], record)
+
+    def save_model(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+
+    def epoch_line(self, entry: dict[str, Any], state: TrainState) -> str:
+        values = " ".join(f"{k}={entry[k]:.4f}" for k in ("train_loss", "val_loss", "val_cider") if k in entry)
+        verdict = "best so far" if entry["best"] else \
+            f"no improvement ({state.bad_epochs}/{self.cfg.early_stopping_patience})"
+        return f"epoch {entry['epoch']}/{self.cfg.epochs}: {values} -> {verdict}"
+
+
+class LoraPhase(Phase):
+    """Cross-entropy on the (image, caption) pairs, reshuffled each epoch, at a constant ``lr``."""
+
+    loss_name = "train_loss"
+
+    def __init__(self, recipe: LoraRecipe):
+        cfg = recipe.cfg
+        super().__init__(epochs=cfg.epochs, lr=cfg.lr, patience=cfg.early_stopping_patience)
+        self.recipe = recipe
+
+    def batches(self, epoch: int) -> list[list[tuple[Path, str]]]:
+        cfg = self.recipe.cfg
+        pairs = _shuffled(self.recipe.train, random.Random(cfg.seed * 1000 + epoch + 1))
+        return [pairs[i : i + cfg.batch_size] for i in range(0, len(pairs), cfg.batch_size)]
+
+    def loss(self, batch: list[tuple[Path, str]], step: int):
+        paths, caps = zip(*batch)
+        r = self.recipe
+        return r.model(**train_inputs(r.captioner, _images(list(paths)), list(caps))).loss, {}
+
+    def weight(self, batch: list[tuple[Path, str]]) -> float:
+        return len(batch)
+
+
 def finetune(
     cfg: FinetuneConfig, progress: bool = True, resume: bool = False, report: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -78,66 +157,19 @@ def finetune(
 
     ``report`` gets one line per epoch and one when early stopping ends the run (the CLI prints them).
     """
-    say = report or log.info
-    torch, peft = _require()
-    from polycap.backends.hf.backend import load_hf
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    base_ref = cfg.model.removeprefix("hf:")
-    captioner = load_hf(base_ref, device=cfg.device)
-    captioner.capabilities = replace(captioner.capabilities, languages=(cfg.lang,))  # it learns to write cfg.lang
-    model_type = _model_type(captioner)
-    train, val = split_data(cfg)
-    targets = resolve_targets(captioner.model, model_type, cfg.target_modules)
-    lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                           target_modules=targets, bias="none")  # fmt: skip
-    peft_model = peft.get_peft_model(captioner.model, lora)  # injects LoRA layers into captioner.model in place
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
-    if resume and (out / "last.pt").is_file():
-        state = _load_state(out / "last.pt", peft_model, opt)
+    recipe = LoraRecipe(cfg)
+    out = recipe.out
     (out / "finetune.json").write_text(json.dumps({**asdict(cfg), "data": str(cfg.data), "out": str(out),
-                                                   "target_modules": targets}, indent=2))  # fmt: skip
-    patience = cfg.early_stopping_patience
-    while state["epoch"] < cfg.epochs and not (patience and state["bad_epochs"] >= patience):  # (resumed runs)
-        epoch = state["epoch"] + 1
-        rng = random.Random(cfg.seed * 1000 + epoch)
-        train_loss = _train_epoch(captioner, peft_model, opt, _shuffled(train, rng), cfg.batch_size, epoch, progress)
-        val_loss = _val_loss(captioner, peft_model, val, cfg.batch_size)
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
-        if cfg.eval_metric == "cider":
-            record["val_cider"] = _val_cider(captioner, val, cfg)
-        value = -record["val_cider"] if cfg.eval_metric == "cider" else val_loss  # lower is better
-        improved = state["best"] is None or value < state["best"]
-        if improved:
-            state.update(best=value, best_epoch=epoch, bad_epochs=0)
-            peft_model.save_pretrained(out / "adapter")
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        state["history"].append({**record, "best": improved})
-        with (out / "log.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        _save_state(out / "last.pt", peft_model, opt, state)
-        say(_epoch_line(record, cfg, state, improved))
-        if patience and state["bad_epochs"] >= patience and epoch < cfg.epochs:
-            say(f"early stopping: no improvement in {patience} epoch(s); keeping epoch {state['best_epoch']}'s adapter")
-    stopped_early = state["epoch"] < cfg.epochs
-    _write_model_config(out, cfg, base_ref, captioner)
+                                                   "target_modules": recipe.targets}, indent=2))  # fmt: skip
+    run = Run(out, FileCheckpoint(out / "last.pt"), out / "adapter", progress=progress, report=report or log.info)
+    state = fit(recipe, run, resume=resume and run.checkpoint.exists())
+    history = [json.loads(x) for x in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    _write_model_config(out, cfg, recipe.base_ref, recipe.captioner)
     if cfg.merge:
-        _merge(out, base_ref, captioner)
-    return {"out": str(out), "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-            "stopped_early": stopped_early, "metric": cfg.eval_metric, "history": state["history"],
-            "target_modules": targets, "merged": cfg.merge}  # fmt: skip
-
-
-def _epoch_line(record: dict[str, Any], cfg: FinetuneConfig, state: dict[str, Any], improved: bool) -> str:
-    values = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-    verdict = "best so far" if improved else f"no improvement ({state['bad_epochs']}/{cfg.early_stopping_patience})"
-    return f"epoch {record['epoch']}/{cfg.epochs}: {values} -> {verdict}"
+        _merge(out, recipe.base_ref, recipe.captioner)
+    return {"out": str(out), "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+            "stopped_early": state.epoch < cfg.epochs, "metric": cfg.eval_metric, "history": history,
+            "target_modules": recipe.targets, "merged": cfg.merge}  # fmt: skip
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -248,26 +280,7 @@ def _to(captioner, batch: dict[str, Any]) -> dict[str, Any]:
             for k, v in dict(batch).items() if hasattr(v, "to")}  # fmt: skip
 
 
-# ---- loops -----------------------------------------------------------------------------------
-def _train_epoch(captioner, model, opt, pairs, batch_size: int, epoch: int, progress: bool) -> float:
-    from rich.progress import Progress
-
-    model.train()
-    total, n = 0.0, 0
-    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"epoch {epoch}", total=len(batches))
-        for batch in batches:
-            paths, caps = zip(*batch)
-            loss = model(**train_inputs(captioner, _images(list(paths)), list(caps))).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + float(loss.detach()) * len(batch), n + len(batch)
-            bar.update(task, advance=1, description=f"epoch {epoch} loss {total / n:.3f}")
-    return total / max(n, 1)
-
-
+# ---- validation ------------------------------------------------------------------------------
 def _val_loss(captioner, model, val, batch_size: int) -> float:
     import torch
 
@@ -295,25 +308,7 @@ def _norm(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-# ---- state and outputs -----------------------------------------------------------------------
-def _save_state(path: Path, model, opt, state: dict[str, Any]) -> None:
-    import torch
-
-    lora = {k: v.detach().cpu() for k, v in model.state_dict().items() if "lora_" in k}
-    tmp = path.with_suffix(".tmp")
-    torch.save({"lora": lora, "optimizer": opt.state_dict(), "state": state}, tmp)
-    tmp.replace(path)  # a crash mid-write never leaves a broken checkpoint
-
-
-def _load_state(path: Path, model, opt) -> dict[str, Any]:
-    import torch
-
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(saved["lora"], strict=False)
-    opt.load_state_dict(saved["optimizer"])
-    return saved["state"]
-
-
+# ---- outputs ---------------------------------------------------------------------------------
 def _write_model_config(out: Path, cfg: FinetuneConfig, base_ref: str, captioner) -> None:
     base = Path(base_ref).expanduser()
     config = {

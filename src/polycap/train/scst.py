@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
+from functools import cached_property
+from typing import Any
 
 import torch
 
 from polycap.eval.metrics.cider import CiderD
 from polycap.eval.metrics.tokenize import tokenize_batch
+from polycap.train.engine import Phase, step_decay
 
 
 class CiderReward:
@@ -64,18 +68,61 @@ def leave_one_out_baseline(rewards: torch.Tensor, k: int) -> torch.Tensor:
     return ((r.sum(1, keepdim=True) - r) / (k - 1)).reshape(-1)
 
 
-def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples: int, opt,
-              mode: str = "sample", baseline: str = "greedy") -> dict[str, float]:
-    """One policy-gradient step on the images ``rows`` in ``lang``; returns reward statistics."""
-    model, tok = trainer.model, trainer.tok
-    items = trainer.train_split.items
-    feats = trainer.train_split.features[rows].float()
+class Scst(Phase):
+    """The SCST phase of polycap's own models (``scst.*``), after cross-entropy: it starts from the best
+    cross-entropy model (kept as ``best-xe/``), without the moving average, at ``scst.lr`` times
+    ``scst.lr_decay`` after each epoch; each image once per epoch, in one of ``scst.langs``."""
+
+    name = "scst"
+
+    def __init__(self, recipe):  # a NativeRecipe
+        s, t = recipe.cfg.scst, recipe.cfg.train
+        super().__init__(epochs=s.epochs, lr=s.lr, grad_clip=t.grad_clip)
+        self.recipe, self.s, self.seed = recipe, s, t.seed
+        self.langs = [x for x in s.langs if x in recipe.langs]
+
+    def begin(self) -> None:
+        from safetensors.torch import load_file
+
+        out = self.recipe.out
+        self.recipe.load_weights(self.recipe.model, load_file(str(out / "best" / "model.safetensors")))
+        shutil.rmtree(out / "best-xe", ignore_errors=True)
+        shutil.copytree(out / "best", out / "best-xe")
+
+    def batches(self, epoch: int) -> list[tuple[str, list[int]]]:
+        items = self.recipe.train_split.items
+        rows = {x: [i for i, it in enumerate(items) if it.captions.get(x)] for x in self.langs}
+        return scst_batches(rows, self.s.batch_size, self.seed * 1000 + 777 + epoch)
+
+    def lr_factor(self, steps_per_epoch: int):
+        return step_decay(steps_per_epoch, self.s.lr_decay)
+
+    @cached_property
+    def rewards(self) -> dict[str, CiderReward]:
+        from polycap.eval.evaluate import references_for
+
+        return {x: CiderReward(references_for(self.recipe.train_split.items, x), x) for x in self.langs}
+
+    def loss(self, batch: tuple[str, list[int]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        lang, rows = batch
+        return scst_loss(self.recipe, lang, rows, self.rewards[lang], self.s.samples, self.s.mode, self.s.baseline)
+
+    def log_fields(self, state) -> dict[str, Any]:
+        return {"phase": "scst", "scst_epoch": state.phase_epoch}
+
+
+def scst_loss(recipe, lang: str, rows: list[int], reward: CiderReward, samples: int, mode: str = "sample",
+              baseline: str = "greedy") -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy-gradient loss on the images ``rows`` in ``lang``, and the step's mean reward and baseline."""
+    model, tok = recipe.model, recipe.tok
+    items = recipe.train_split.items
+    feats = recipe.train_split.features[rows].float()
     keys = [items[r].key for r in rows]
-    max_new = trainer.ncfg.max_length - 1
+    max_new = recipe.ncfg.max_length - 1
     lang_ids = torch.full((len(rows),), tok.lang_id(lang))
-    concepts = trainer.row_concept_input(rows, lang) if hasattr(trainer, "row_concept_input") else None
+    concepts = recipe.row_concept_input(rows, lang)
     model.eval()  # no dropout: the sampled policy and the trained one are the same
-    cap = trainer.captioner()
+    cap = recipe.captioner()
 
     def texts(seqs: torch.Tensor, mask: torch.Tensor) -> list[str]:
         return [tok.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(seqs, mask)]
@@ -87,25 +134,21 @@ def scst_step(trainer, lang: str, rows: list[int], reward: CiderReward, samples:
         else:
             sampled = model.generate(feats, lang_ids, concepts=concepts, max_new_tokens=max_new, do_sample=True,
                                      top_k=0, num_return_sequences=samples)
-        s_mask = cap._mask(sampled)
+        s_mask = cap.sequence_mask(sampled)
         r = torch.tensor(reward(texts(sampled, s_mask), [k for k in keys for _ in range(samples)]))
         if baseline == "mean":
             base = leave_one_out_baseline(r, samples)
         else:
             greedy = model.generate(feats, lang_ids, concepts=concepts, max_new_tokens=max_new, num_beams=1,
                                     do_sample=False)
-            base = torch.tensor(reward(texts(greedy, cap._mask(greedy)), keys)).repeat_interleave(samples)
+            base = torch.tensor(reward(texts(greedy, cap.sequence_mask(greedy)), keys)).repeat_interleave(samples)
     adv = r - base  # (I*K,)
     memory = model.memory(feats, concepts).repeat_interleave(samples, dim=0)
     logits = model.decoder(input_ids=sampled, attention_mask=s_mask, encoder_hidden_states=memory).logits
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, sampled[:, 1:, None]).squeeze(-1)
     m = s_mask[:, 1:].float()
     loss = -((adv[:, None] * logp * m).sum() / m.sum())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.cfg.train.grad_clip)
-    opt.step()
-    return {"reward": r.mean().item(), "baseline": base.mean().item(), "loss": loss.item()}
+    return loss, {"reward": r.mean().item(), "baseline": base.mean().item()}
 
 
 def mean(values: list[float]) -> float:

@@ -16,11 +16,11 @@ The language model is referenced, not copied, unless it was fine-tuned (``lm/``)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polycap.backends.model_config import JsonConfig
+from polycap.backends.model_config import JsonConfig, typed
 from polycap.errors import PolycapError
 
 MAPPER_TYPES = ("mlp", "transformer")
@@ -126,12 +126,7 @@ class ClipCapConfig(JsonConfig):
     # ---- persistence -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClipCapConfig:
-        data = dict(data)
-        subs = {"mapper": MapperConfig, "lm": LMConfig, "lora": LoraConfig}
-        for key, sub in subs.items():
-            if isinstance(data.get(key), dict):
-                data[key] = _typed(sub, data[key], key)
-        cfg = _typed(cls, data, "clipcap config")
+        cfg = typed(cls, data, "key(s) in clipcap")  # mapper, lm and lora are typed too
         cfg.check()
         return cfg
 
@@ -150,11 +145,3 @@ def read_output_vocab(folder: str | Path, languages: list[str]) -> dict[str, lis
     if missing:
         raise PolycapError(f"{path} has no ids for {', '.join(missing)}")
     return {lang: ids[lang] for lang in languages}
-
-
-def _typed(cls: type, values: dict[str, Any], what: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise PolycapError(f"unknown key(s) in {what}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**values)

@@ -252,12 +252,12 @@ class NativeCaptioner(FeatureCaptioner):
                 output_logits=True, **kw
             )
             seqs = out.sequences  # (n*k, T)
-            mask = self._mask(seqs)
+            mask = self.sequence_mask(seqs)
             scores = mean_token_logprob(torch.stack(out.logits, 1), seqs, mask).tolist()  # logits (B, T-1, V)
         else:
             # Beam search reorders beams between steps, so re-score the finished sequences.
             seqs = self.model.generate(features, lang_ids, decoder=self._generator, concepts=fed, **kw)  # (n*k, T)
-            mask = self._mask(seqs)
+            mask = self.sequence_mask(seqs)
             memory = self.model.memory(features, fed).repeat_interleave(k, dim=0)
             scores = self.model.token_logprobs(memory, seqs, mask).tolist()
         texts = [self.tokenizer.decode(s[1:][m[1:].bool()].tolist()) for s, m in zip(seqs, mask)]
@@ -276,7 +276,7 @@ class NativeCaptioner(FeatureCaptioner):
             )
         return out
 
-    def _mask(self, seqs: torch.Tensor) -> torch.Tensor:
+    def sequence_mask(self, seqs: torch.Tensor) -> torch.Tensor:
         """1 up to and including the first </s>, 0 after (generate pads finished rows)."""
         is_eos = (seqs == self.tokenizer.eos_id).int()
         is_eos[:, 0] = 0  # position 0 is the language token

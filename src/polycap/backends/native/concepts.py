@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
+from polycap.backends.model_config import typed
 from polycap.errors import PolycapError
 
 
@@ -39,12 +40,7 @@ class ConceptSettings:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> ConceptSettings:
-        data = dict(data or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PolycapError(f"unknown concepts settings: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        settings = cls(**data)
+        settings = typed(cls, dict(data or {}), "concepts settings")
         if settings.mode not in MODES:
             raise PolycapError(f"concepts.mode must be one of {', '.join(MODES)}; got {settings.mode!r}")
         if not 0 < settings.min_prob <= 1:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from polycap.backends.model_config import JsonConfig
-from polycap.errors import PolycapError
+from polycap.backends.model_config import JsonConfig, typed
 
 
 @dataclass
@@ -31,9 +30,6 @@ class NativeConfig(JsonConfig):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NativeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"model_card"})
-        if unknown:
-            raise PolycapError(f"unknown native config keys: {', '.join(unknown)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """A config.json's fields; its free-form ``model_card`` (measured scores) is not part of the model."""
+        return typed(cls, {k: v for k, v in data.items() if k != "model_card"}, "key(s) in native config")
 
