@@ -59,7 +59,6 @@ class NativeCaptioner(FeatureCaptioner):
         self.runtime = "torch"
         self._generator: torch.nn.Module | None = None  # the decoder generate() runs; None: self.model's
         self._concept_head: ConceptHead | None = concept_head
-        self._concept_table = None
         self._inner: torch.Tensor | None = None
         self._phrases: dict[str, list] = {}  # lang -> per concept (steered, also named) phrases
         self._names: dict[str, list] = {}  # lang -> per concept the token ids fed as its name
@@ -78,10 +77,6 @@ class NativeCaptioner(FeatureCaptioner):
                 "with concept_slots (use 'bias' or 'off')"
             )
         self.concepts = concepts
-        if concepts.mode != "off" and self._concept_table is None:
-            from polycap.data.concepts import load_concepts
-
-            self._concept_table = load_concepts()
         if concepts.mode != "off" and self._concept_head is None and self.encoder is not None:
             table = self._concept_table
             self._concept_head = ConceptHead.from_encoder(
@@ -89,13 +84,16 @@ class NativeCaptioner(FeatureCaptioner):
             ).to(self.device)
         return self
 
+    @property
+    def _concept_table(self):
+        """The concept table (``load_concepts`` loads it once and caches it)."""
+        from polycap.data.concepts import load_concepts
+
+        return load_concepts()
+
     def concept_names(self, lang: str) -> list[tuple[int, ...]]:
         """Per concept, the token ids this model is fed as its name in ``lang`` (cached)."""
         if lang not in self._names:
-            if self._concept_table is None:
-                from polycap.data.concepts import load_concepts
-
-                self._concept_table = load_concepts()
             self._names[lang] = name_pieces(self._concept_table, lang, self.tokenizer.tok, self.cfg.concept_pieces)
         return self._names[lang]
 

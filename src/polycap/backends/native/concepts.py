@@ -126,7 +126,7 @@ def name_pieces(table, lang: str, tokenizer, pieces: int) -> list[tuple[int, ...
         if entry is None:
             out.append(())
             continue
-        text = f"{entry.article} {entry.sg}" if lang in ("de", "fr") and entry.article else entry.sg
+        text = _with_article(entry, lang) or entry.sg
         out.append(tuple(tokenizer.encode(text.lower(), add_special_tokens=False).ids[:pieces]))
     return out
 
@@ -232,9 +232,14 @@ def concept_phrases(table, lang: str, tokenizer) -> list[tuple[tuple[Phrase, ...
         if entry is None:
             out.append(((), ()))
             continue
-        steered = [entry.sg] + ([f"{entry.article} {entry.sg}"] if lang in ("de", "fr") and entry.article else [])
+        steered = [entry.sg, _with_article(entry, lang)]
         out.append((ids(steered), ids([entry.pl])))
     return out
+
+
+def _with_article(entry, lang: str) -> str:
+    """"eine Katze", "un chat": the singular after its article where the article carries gender; else ""."""
+    return f"{entry.article} {entry.sg}" if lang in ("de", "fr") and entry.article else ""
 
 
 def inner_tokens(tokenizer) -> torch.Tensor:
